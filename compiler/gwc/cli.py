@@ -1,0 +1,150 @@
+"""Command-line interface. The only place that decides exit codes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import click
+
+from . import __version__
+from . import diagnostics as diag_mod
+from . import pipeline, runtime
+from .diagnostics import Diagnostic
+from .render import DEFAULT_INSTALL_DIR, RenderOptions, write_output
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+
+
+def _report(diags: List[Diagnostic], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(diag_mod.render(diags, "json"))
+        return
+    if diags:
+        click.echo(diag_mod.render(diags, fmt), err=(fmt == "text"))
+
+
+def _resolve_target(target: str) -> str:
+    if target != "auto":
+        return target
+    rt, _ = runtime.detect(allow_docker=False)
+    return rt.target if rt else "nginx-lua"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gwc")
+def main() -> None:
+    """Compile OpenAPI + x-gateway into an NGINX/OpenResty gateway."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+@click.option("--listen", multiple=True, metavar="HOST:PORT", help="Override x-gateway.listen (repeatable).")
+def validate(spec: str, fmt: str, listen: tuple) -> None:
+    """Check SPEC and report every problem."""
+    result = pipeline.check(spec, list(listen) or None)
+    _report(result.diagnostics, fmt)
+    if not result.ok:
+        sys.exit(EXIT_INVALID)
+    if fmt == "text":
+        plan = result.plan
+        click.echo(f"{spec}: ok ({len(plan.gateway.operations)} operations, {len(plan.routes)} paths)", err=True)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--target", type=click.Choice(["openresty", "nginx-lua", "auto"]), default="auto", show_default=True)
+@click.option("--listen", multiple=True, metavar="HOST:PORT", help="Override x-gateway.listen (repeatable).")
+@click.option("--install-dir", default=DEFAULT_INSTALL_DIR, show_default=True, help="Absolute path the output will live at, for conf.d/.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+def build(spec: str, out_dir: str, target: str, listen: tuple, install_dir: str, fmt: str) -> None:
+    """Compile SPEC into an output directory."""
+    options = RenderOptions(target=_resolve_target(target), install_dir=install_dir)
+    result = pipeline.build(spec, options, list(listen) or None)
+    if not result.ok or result.files is None:
+        _report(result.diagnostics, fmt)
+        sys.exit(EXIT_INVALID)
+    failure = write_output(result.files, Path(out_dir))
+    if failure is not None:
+        _report(result.diagnostics + [failure], fmt)
+        sys.exit(EXIT_INVALID)
+    _report(result.diagnostics, fmt)
+    if fmt == "text":
+        g = result.plan.gateway
+        click.echo(f"built {out_dir} ({len(g.operations)} operations, target {options.target})", err=True)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+def check(out_dir: str) -> None:
+    """Run `nginx -t` on a built output directory."""
+    rt, tried = runtime.detect()
+    if rt is None:
+        click.echo("gwc: " + runtime.INSTALL_HINT, err=True)
+        for t in tried:
+            click.echo(f"  tried: {t}", err=True)
+        sys.exit(EXIT_RUNTIME)
+    ok, output = runtime.nginx_test(rt, Path(out_dir))
+    if output:
+        click.echo(output, err=True)
+    if not ok:
+        click.echo(f"{out_dir}: error[GW060]: nginx -t failed ({rt.description})", err=True)
+        sys.exit(EXIT_INVALID)
+    click.echo(f"{out_dir}: configuration ok ({rt.description})", err=True)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--listen", multiple=True, metavar="HOST:PORT", help="Override x-gateway.listen (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Keep the build here (default: a temporary directory).")
+def run(spec: str, listen: tuple, out_dir: Optional[str]) -> None:
+    """Build SPEC and run a dev gateway in the foreground. Ctrl-C stops it."""
+    rt, tried = runtime.detect(allow_docker=False)
+    if rt is None:
+        click.echo("gwc: " + runtime.INSTALL_HINT, err=True)
+        sys.exit(EXIT_RUNTIME)
+    options = RenderOptions(target=rt.target, foreground=True)
+    result = pipeline.build(spec, options, list(listen) or None)
+    if not result.ok or result.files is None:
+        _report(result.diagnostics, "text")
+        sys.exit(EXIT_INVALID)
+    _report(result.diagnostics, "text")
+    holder = None
+    if out_dir is None:
+        holder = tempfile.TemporaryDirectory(prefix="gwc-run-")
+        out_dir = os.path.join(holder.name, "gateway")
+    failure = write_output(result.files, Path(out_dir))
+    if failure is not None:
+        _report([failure], "text")
+        sys.exit(EXIT_INVALID)
+    prefix = str(Path(out_dir).resolve()) + "/"
+    cmd = [rt.binary, "-p", prefix, "-c", "nginx.conf", "-e", "/dev/stderr", "-g", "daemon off;"]
+    addresses = ", ".join(l.address for l in result.plan.gateway.listen)
+    click.echo(f"gwc: serving {spec} on {addresses} ({rt.description}); Ctrl-C stops", err=True)
+    proc = subprocess.Popen(cmd)
+
+    def forward(signum, _frame):
+        # nginx treats SIGINT/SIGTERM as a fast shutdown; SIGQUIT would wait for clients.
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        code = proc.wait()
+    finally:
+        if holder is not None:
+            holder.cleanup()
+    sys.exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else EXIT_RUNTIME)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,134 @@
+"""Diagnostics shared by every stage.
+
+A stage never raises for bad input: it returns diagnostics, and only the CLI
+turns them into an exit code.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional
+
+ERROR = "error"
+WARNING = "warning"
+
+# Stable codes; docs/diagnostics.md lists them and a test keeps both in sync.
+CODES = {
+    "GW001": "malformed YAML or JSON",
+    "GW002": "not an OpenAPI 3.0 or 3.1 document",
+    "GW003": "file cannot be read",
+    "GW004": "duplicate key in a mapping",
+    "GW010": "OpenAPI structural error",
+    "GW011": "unresolvable $ref",
+    "GW020": "unknown x-gateway key",
+    "GW021": "invalid x-gateway value",
+    "GW030": "duplicate operationId",
+    "GW031": "ambiguous routes",
+    "GW032": "unknown upstream",
+    "GW033": "bad URL",
+    "GW034": "invalid path template",
+    "GW035": "mock example not found",
+    "GW036": "operation has no integration (neither upstream nor mock)",
+    "GW037": "conflicting base paths in servers",
+    "GW038": "unsafe value for the generated configuration",
+    "GW039": "invalid listen address",
+    "GW050": "output directory cannot be written",
+    "GW060": "generated configuration failed verification",
+}
+
+
+def escape_pointer_token(token) -> str:
+    return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def pointer(*tokens) -> str:
+    return "".join("/" + escape_pointer_token(t) for t in tokens)
+
+
+def join_pointer(base: str, *tokens) -> str:
+    return base + pointer(*tokens)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    message: str
+    file: str = ""
+    line: int = 0
+    col: int = 0
+    pointer: Optional[str] = None
+    severity: str = ERROR
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == ERROR
+
+    def format_text(self) -> str:
+        loc = self.file or "<input>"
+        if self.line:
+            loc += f":{self.line}:{self.col or 1}"
+        text = f"{loc}: {self.severity}[{self.code}]: {self.message}"
+        if self.pointer is not None:
+            text += f" (at {self.pointer or '/'})"
+        return text
+
+    def format_github(self) -> str:
+        def esc(value: str) -> str:
+            return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+        def esc_prop(value: str) -> str:
+            return esc(value).replace(":", "%3A").replace(",", "%2C")
+
+        props = [f"file={esc_prop(self.file)}"] if self.file else []
+        if self.line:
+            props += [f"line={self.line}", f"col={self.col or 1}"]
+        props.append(f"title={self.code}")
+        message = self.message
+        if self.pointer is not None:
+            message += f" (at {self.pointer or '/'})"
+        return f"::{self.severity} {','.join(props)}::{esc(message)}"
+
+    def as_dict(self) -> dict:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+            "pointer": self.pointer,
+        }
+
+
+@dataclass
+class Collector:
+    """Accumulates diagnostics; stages hand one of these around internally."""
+
+    items: List[Diagnostic] = field(default_factory=list)
+
+    def add(self, diag: Diagnostic) -> None:
+        self.items.append(diag)
+
+    def extend(self, diags: Iterable[Diagnostic]) -> None:
+        self.items.extend(diags)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self.items)
+
+
+def has_errors(diags: Iterable[Diagnostic]) -> bool:
+    return any(d.is_error for d in diags)
+
+
+def sort_key(diag: Diagnostic):
+    return (diag.file, diag.line, diag.col, diag.code, diag.message)
+
+
+def render(diags: List[Diagnostic], fmt: str) -> str:
+    ordered = sorted(diags, key=sort_key)
+    if fmt == "json":
+        return json.dumps([d.as_dict() for d in ordered], indent=2)
+    if fmt == "github":
+        return "\n".join(d.format_github() for d in ordered)
+    return "\n".join(d.format_text() for d in ordered)

@@ -1,0 +1,67 @@
+"""The stages in order. Each returns a value or diagnostics; this module only
+chains them and fills in source positions that later stages cannot know."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional
+
+from . import load as load_stage
+from . import model as model_stage
+from . import plan as plan_stage
+from . import render as render_stage
+from . import validate as validate_stage
+from .diagnostics import Diagnostic, has_errors
+
+
+@dataclass
+class Result:
+    diagnostics: List[Diagnostic] = field(default_factory=list)
+    plan: Optional[plan_stage.Plan] = None
+    files: Optional[Dict[str, bytes]] = None
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+
+def _locate(diags: List[Diagnostic], doc: load_stage.Document) -> List[Diagnostic]:
+    """Give a line and column to diagnostics that only know a file and pointer."""
+    by_display = {src.display: src for src in doc.files.values()}
+    out = []
+    for d in diags:
+        if not d.line and d.pointer is not None:
+            src = by_display.get(d.file or doc.root.display, doc.root)
+            line, col = src.position(d.pointer)
+            d = replace(d, file=src.display, line=line, col=col)
+        elif not d.file:
+            d = replace(d, file=doc.root.display)
+        out.append(d)
+    return out
+
+
+def check(path: str, listen: Optional[List[str]] = None, structural: bool = True) -> Result:
+    """load -> validate -> model -> plan."""
+    doc, diags = load_stage.load(path)
+    if doc is None or has_errors(diags):
+        return Result(diags)
+    diags = diags + validate_stage.validate(doc, structural=structural)
+    if has_errors(diags):
+        return Result(_locate(diags, doc))
+    gateway, model_diags = model_stage.build(doc, listen)
+    diags += model_diags
+    if has_errors(diags) or gateway is None:
+        return Result(_locate(diags, doc))
+    the_plan, plan_diags = plan_stage.plan(gateway)
+    diags += plan_diags
+    return Result(_locate(diags, doc), the_plan)
+
+
+def build(path: str, options: render_stage.RenderOptions, listen: Optional[List[str]] = None) -> Result:
+    """check, then render in memory (nothing is written here)."""
+    result = check(path, listen)
+    if not result.ok or result.plan is None:
+        return result
+    files, render_diags = render_stage.render(result.plan, options)
+    result.diagnostics += [replace(d, file=d.file or path) for d in render_diags]
+    result.files = files
+    return result

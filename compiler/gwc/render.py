@@ -1,0 +1,178 @@
+"""Stage 5: render templates, copy the runtime Lua, write generated data.
+
+Output is assembled in a temporary directory next to the destination and
+renamed into place, so a failed build leaves the previous output untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import jinja2
+
+from . import __version__
+from .diagnostics import Diagnostic
+from .plan import Plan
+from .resources import lua_dir, templates_dir
+
+NGINX_LUA_MODULES = (
+    "/usr/lib/nginx/modules/ndk_http_module.so",
+    "/usr/lib/nginx/modules/ngx_http_lua_module.so",
+)
+REJECTIONS = (400, 404, 405)
+DEFAULT_INSTALL_DIR = "/etc/nginx/gwc"
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9._:\[\]/*+-]+$")
+_SAFE_VARIABLE = re.compile(r"^\$[a-z0-9_]+$")
+_UNSAFE_IN_STRING = re.compile(r"[\x00-\x1f\x7f\"\\$]")
+_INSTALL_DIR = re.compile(r"^/[A-Za-z0-9._/-]*$")
+
+
+class UnsafeValue(ValueError):
+    """A value would change the meaning of the generated configuration."""
+
+
+def ngx_str(value) -> str:
+    text = str(value)
+    if _UNSAFE_IN_STRING.search(text):
+        raise UnsafeValue(f"unsafe value for the configuration: {text!r}")
+    return f'"{text}"'
+
+
+def ngx_word(value) -> str:
+    text = str(value)
+    if not _SAFE_WORD.match(text):
+        raise UnsafeValue(f"unsafe word for the configuration: {text!r}")
+    return text
+
+
+def ngx_variable(value) -> str:
+    text = str(value)
+    if not _SAFE_VARIABLE.match(text):
+        raise UnsafeValue(f"unsafe variable name: {text!r}")
+    return text
+
+
+def ngx_time(ms: int) -> str:
+    ms = int(ms)
+    if ms % 1000 == 0:
+        return f"{ms // 1000}s"
+    return f"{ms}ms"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(ngx_str=ngx_str, ngx_word=ngx_word, ngx_variable=ngx_variable, ngx_time=ngx_time)
+    return env
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    target: str = "nginx-lua"
+    install_dir: str = DEFAULT_INSTALL_DIR
+    foreground: bool = False  # logs to stdout/stderr, for `gwc run`
+
+
+def _json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
+    """Every output file as relative path -> bytes. Raises UnsafeValue."""
+    if not _INSTALL_DIR.match(options.install_dir):
+        raise UnsafeValue(f"--install-dir must be an absolute path of letters, digits, '.', '_', '-' and '/': {options.install_dir!r}")
+    env = environment()
+    install_dir = options.install_dir.rstrip("/") or "/"
+    common = dict(
+        plan=plan,
+        target=options.target,
+        gwc_version=__version__,
+        rejections=REJECTIONS,
+        install_dir=install_dir,
+    )
+    files: Dict[str, bytes] = {}
+    files["nginx.conf"] = env.get_template("nginx.conf.j2").render(
+        **common,
+        modules=NGINX_LUA_MODULES if options.target == "nginx-lua" else (),
+        lua_root="$prefix/lua",
+        error_log="/dev/stderr" if options.foreground else "logs/error.log",
+        access_log="/dev/stdout" if options.foreground else "logs/access.log",
+        access_log_buffered=not options.foreground,
+    ).encode("utf-8")
+    files["conf.d/gateway.conf"] = env.get_template("conf.d.gateway.conf.j2").render(
+        **common,
+        lua_root=f"{install_dir}/lua",
+        access_log="/var/log/nginx/gwc-access.log",
+        access_log_buffered=True,
+    ).encode("utf-8")
+    files["lua/gwc/data/routes.json"] = _json_bytes(plan.route_data())
+    root = lua_dir()
+    for path in sorted(root.rglob("*.lua")):
+        files["lua/" + path.relative_to(root).as_posix()] = path.read_bytes()
+    return files
+
+
+def manifest(plan: Plan, options: RenderOptions, files: Dict[str, bytes]) -> bytes:
+    return _json_bytes(
+        {
+            "gwc_version": __version__,
+            "target": options.target,
+            "inputs": dict(plan.gateway.input_hashes),
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+        }
+    )
+
+
+def write_output(files: Dict[str, bytes], out_dir: Path) -> Optional[Diagnostic]:
+    """Write files into out_dir atomically. Returns a diagnostic on failure."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file())):
+        return Diagnostic("GW050", f"{out_dir} exists and is not a gwc output directory; refusing to replace it")
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    except OSError as exc:
+        return Diagnostic("GW050", f"cannot create output directory {out_dir}: {exc.strerror or exc}")
+    try:
+        for name, data in files.items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        for empty in ("logs", "tmp"):
+            (staging / empty).mkdir(exist_ok=True)
+        os.chmod(staging, 0o755)
+        old: Optional[Path] = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=parent))
+            os.rmdir(old)
+            os.rename(out_dir, old)
+        os.rename(staging, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        return Diagnostic("GW050", f"cannot write output directory {out_dir}: {exc.strerror or exc}")
+    return None
+
+
+def render(plan: Plan, options: RenderOptions) -> Tuple[Optional[Dict[str, bytes]], List[Diagnostic]]:
+    try:
+        files = render_files(plan, options)
+    except UnsafeValue as exc:
+        return None, [Diagnostic("GW038", str(exc))]
+    files["manifest.json"] = manifest(plan, options, files)
+    return files, []

@@ -1,0 +1,182 @@
+"""Stage 2: structural OpenAPI validation, then x-gateway against schemas/.
+
+Every problem is collected; nothing stops at the first one.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from functools import lru_cache
+from typing import Any, Iterator, List, Tuple
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+from .diagnostics import Diagnostic, escape_pointer_token
+from .load import Document, LoadError, SourceFile, walk_refs
+from .resources import SCHEMA_BASE, schemas
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_OPENAPI_VERSION = re.compile(r"^3\.(0|1)\.\d+$")
+_MAX_MESSAGE = 240
+_UNRESOLVED_PARAM = re.compile(r"^Path parameter '(.*)' for '(\w+)' operation in '(.*)' was not resolved$")
+
+
+@lru_cache(maxsize=None)
+def _registry() -> Registry:
+    resources = [(uri, Resource.from_contents(doc)) for uri, doc in schemas().items()]
+    return Registry().with_resources(resources)
+
+
+@lru_cache(maxsize=None)
+def level_validator(level: str) -> Draft202012Validator:
+    """Validator for the x-gateway object at one level: root, pathItem or operation."""
+    schema = {"$ref": f"{SCHEMA_BASE}x-gateway.json#/$defs/{level}"}
+    return Draft202012Validator(schema, registry=_registry())
+
+
+def _diag(code: str, message: str, src: SourceFile, ptr: str, key: bool = False) -> Diagnostic:
+    line, col = src.position(ptr, key=key)
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 1] + "…"
+    return Diagnostic(code, message, src.display, line, col, ptr)
+
+
+def check_openapi_version(doc: Document) -> List[Diagnostic]:
+    data = doc.data
+    src = doc.root
+    if not isinstance(data, dict):
+        return [_diag("GW002", "not an OpenAPI document: the top level must be a mapping", src, "")]
+    version = data.get("openapi")
+    if version is None:
+        hint = " (Swagger 2.0 is not supported; convert it to OpenAPI 3)" if "swagger" in data else ""
+        return [_diag("GW002", f"not an OpenAPI 3.0 or 3.1 document: no 'openapi' field{hint}", src, "")]
+    if not isinstance(version, str) or not _OPENAPI_VERSION.match(version):
+        return [_diag("GW002", f"unsupported OpenAPI version {version!r}: gwc reads 3.0.x and 3.1.x", src, "/openapi")]
+    return []
+
+
+def check_refs(doc: Document) -> List[Diagnostic]:
+    """Resolve every $ref in the root file and, transitively, in referenced files."""
+    out: List[Diagnostic] = []
+    pending = [doc.root]
+    visited = set()
+    while pending:
+        src = pending.pop()
+        if src.path in visited:
+            continue
+        visited.add(src.path)
+        for ptr, ref in walk_refs(src.data):
+            try:
+                _, target_src, _ = doc.resolve(ref, src)
+            except LoadError as exc:
+                d = exc.diag
+                if d.file == src.display or not d.line:
+                    out.append(_diag(d.code, d.message, src, ptr))
+                else:
+                    out.append(d)
+                continue
+            if target_src.path not in visited:
+                pending.append(target_src)
+    return out
+
+
+def _spec_validator(doc: Document):
+    from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
+
+    cls = OpenAPIV31SpecValidator if str(doc.data.get("openapi", "")).startswith("3.1") else OpenAPIV30SpecValidator
+    return cls(doc.data, base_uri=doc.root.path.as_uri())
+
+
+def _error_pointer(err: Any) -> str:
+    path = getattr(err, "absolute_path", None) or getattr(err, "path", None) or []
+    return "".join("/" + escape_pointer_token(p) for p in path)
+
+
+def check_openapi_structure(doc: Document) -> List[Diagnostic]:
+    out: List[Diagnostic] = []
+    try:
+        errors = list(_spec_validator(doc).iter_errors())
+    except Exception as exc:  # the validator raises on some malformed inputs instead of yielding
+        return [_diag("GW010", f"invalid OpenAPI document: {exc}", doc.root, "")]
+    for err in errors:
+        ptr = _error_pointer(err)
+        message = getattr(err, "message", str(err))
+        unresolved = _UNRESOLVED_PARAM.match(message)
+        if unresolved:
+            name, method, path = unresolved.groups()
+            if name.endswith("+"):
+                continue  # AWS-style greedy {proxy+}: the parameter is declared as `proxy`
+            ptr = f"/paths/{escape_pointer_token(path)}/{method}"
+        out.append(_diag("GW010", f"invalid OpenAPI: {message}", doc.root, ptr))
+    return out
+
+
+def gateway_locations(doc: Document) -> Iterator[Tuple[str, Any, SourceFile, str]]:
+    """Yield (level, x-gateway value, file, pointer) for every x-gateway object."""
+    data = doc.data
+    root = doc.root
+    if "x-gateway" in data:
+        yield "root", data["x-gateway"], root, "/x-gateway"
+    paths = data.get("paths")
+    if not isinstance(paths, dict):
+        return
+    for path_key, item in paths.items():
+        item_ptr = "/paths/" + escape_pointer_token(path_key)
+        try:
+            item, src, ptr = doc.deref(item, root, item_ptr)
+        except LoadError:
+            continue
+        if not isinstance(item, dict):
+            continue
+        if "x-gateway" in item:
+            yield "pathItem", item["x-gateway"], src, ptr + "/x-gateway"
+        for method in HTTP_METHODS:
+            op = item.get(method)
+            if isinstance(op, dict) and "x-gateway" in op:
+                yield "operation", op["x-gateway"], src, f"{ptr}/{method}/x-gateway"
+
+
+def _known_keys(err: ValidationError) -> List[str]:
+    props = err.schema.get("properties", {}) if isinstance(err.schema, dict) else {}
+    return sorted(props)
+
+
+def _schema_error_diags(err: ValidationError, src: SourceFile, base: str) -> Iterator[Diagnostic]:
+    ptr = base + "".join("/" + escape_pointer_token(p) for p in err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = _known_keys(err)
+        for key in sorted(k for k in err.instance if k not in known):
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
+            yield _diag("GW020", f"unknown x-gateway key {key!r}{suggestion}", src, ptr + "/" + escape_pointer_token(key), key=True)
+        return
+    if err.validator in ("oneOf", "anyOf") and err.context:
+        best = min(err.context, key=lambda e: (len(list(e.relative_path)), e.validator != "type"))
+        message = best.message
+    else:
+        message = err.message
+    field = ptr.rsplit("/", 1)[-1] if ptr != base else "x-gateway"
+    yield _diag("GW021", f"invalid value for {field!r}: {message}", src, ptr)
+
+
+def check_gateway(doc: Document) -> List[Diagnostic]:
+    out: List[Diagnostic] = []
+    for level, value, src, ptr in gateway_locations(doc):
+        validator = level_validator(level)
+        for err in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path))):
+            out.extend(_schema_error_diags(err, src, ptr))
+    return out
+
+
+def validate(doc: Document, structural: bool = True) -> List[Diagnostic]:
+    diags = check_openapi_version(doc)
+    if diags:
+        return diags
+    ref_diags = check_refs(doc)
+    diags.extend(ref_diags)
+    if structural and not ref_diags:
+        diags.extend(check_openapi_structure(doc))
+    diags.extend(check_gateway(doc))
+    return diags
