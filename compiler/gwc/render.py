@@ -27,6 +27,8 @@ NGINX_LUA_MODULES = (
     "/usr/lib/nginx/modules/ngx_http_lua_module.so",
 )
 REJECTIONS = (400, 404, 405)
+# The one URI the gateway reserves: nginx's error pages need a real URI.
+ERROR_URI = "/_gwc/error"
 DEFAULT_INSTALL_DIR = "/etc/nginx/gwc"
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9._:\[\]/*+-]+$")
 _SAFE_VARIABLE = re.compile(r"^\$[a-z0-9_]+$")
@@ -101,6 +103,7 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
         target=options.target,
         gwc_version=__version__,
         rejections=REJECTIONS,
+        error_uri=ERROR_URI,
         install_dir=install_dir,
     )
     files: Dict[str, bytes] = {}

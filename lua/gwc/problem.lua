@@ -6,6 +6,7 @@ local var = ngx.var
 local header = ngx.header
 local find = string.find
 local sub = string.sub
+local gsub = string.gsub
 local encode = cjson.encode
 
 local _M = { _VERSION = "0.1.0" }
@@ -67,14 +68,12 @@ function _M.respond(status)
             detail = "Allowed methods: " .. allow .. "."
         end
     end
-    local body = encode({
-        type = "about:blank",
-        title = TITLES[status] or "Error",
-        status = status,
-        detail = detail,
-        instance = request_path(),
-        request_id = var.request_id,
-    })
+    -- Assembled by hand for a stable member order; cjson escapes "/" needlessly.
+    local body = gsub('{"type":"about:blank","title":' .. encode(TITLES[status] or "Error")
+        .. ',"status":' .. status
+        .. ',"detail":' .. encode(detail or "")
+        .. ',"instance":' .. encode(request_path())
+        .. ',"request_id":' .. encode(var.request_id or "") .. "}", "\\/", "/")
     ngx.status = status
     header["Content-Type"] = "application/problem+json"
     header["Cache-Control"] = "no-store"
