@@ -35,13 +35,30 @@ def _resolve_target(target: str) -> str:
     return rt.target if rt else "nginx-lua"
 
 
+EXIT_INTERNAL = 70
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gwc")
-def main() -> None:
+def cli() -> None:
     """Compile OpenAPI + x-gateway into an NGINX/OpenResty gateway."""
 
 
-@main.command()
+def main() -> None:
+    """Entry point: bad input is reported by the stages; anything else is a bug,
+    reported in one line unless GWC_DEBUG is set."""
+    try:
+        cli(prog_name="gwc")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last line of defence against tracebacks
+        if os.environ.get("GWC_DEBUG"):
+            raise
+        click.echo(f"gwc: internal error: {type(exc).__name__}: {exc} (a bug in gwc; rerun with GWC_DEBUG=1 for the traceback)", err=True)
+        sys.exit(EXIT_INTERNAL)
+
+
+@cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
 @click.option("--listen", multiple=True, metavar="HOST:PORT", help="Override x-gateway.listen (repeatable).")
@@ -56,7 +73,7 @@ def validate(spec: str, fmt: str, listen: tuple) -> None:
         click.echo(f"{spec}: ok ({len(plan.gateway.operations)} operations, {len(plan.routes)} paths)", err=True)
 
 
-@main.command()
+@cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @click.option("--target", type=click.Choice(["openresty", "nginx-lua", "auto"]), default="auto", show_default=True)
@@ -80,7 +97,7 @@ def build(spec: str, out_dir: str, target: str, listen: tuple, install_dir: str,
         click.echo(f"built {out_dir} ({len(g.operations)} operations, target {options.target})", err=True)
 
 
-@main.command()
+@cli.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
 def check(out_dir: str) -> None:
     """Run `nginx -t` on a built output directory."""
@@ -99,7 +116,7 @@ def check(out_dir: str) -> None:
     click.echo(f"{out_dir}: configuration ok ({rt.description})", err=True)
 
 
-@main.command()
+@cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--listen", multiple=True, metavar="HOST:PORT", help="Override x-gateway.listen (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Keep the build here (default: a temporary directory).")

@@ -32,6 +32,19 @@ def _resolved(schema: dict, base: str) -> Tuple[dict, str]:
     return merged, base
 
 
+def resolved_anywhere(schema: dict) -> dict:
+    """Resolve a schema's $ref trying the x-gateway document first, then every other one.
+
+    Used only for hints in diagnostics, where the referring document is not known."""
+    bases = [SCHEMA_BASE + "x-gateway.json"] + sorted(schemas())
+    for base in bases:
+        try:
+            return _resolved(schema, base)[0]
+        except (KeyError, TypeError):
+            continue
+    return schema
+
+
 def with_defaults(instance: Any, schema: dict, base: str = SCHEMA_BASE + "x-gateway.json") -> Any:
     """Return a copy of instance with every absent property that has a default filled in."""
     schema, base = _resolved(schema, base)

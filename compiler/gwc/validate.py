@@ -20,6 +20,7 @@ from .resources import SCHEMA_BASE, schemas
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _OPENAPI_VERSION = re.compile(r"^3\.(0|1)\.\d+$")
 _MAX_MESSAGE = 240
+_DUPLICATE_OPERATION_ID = re.compile(r"^Operation ID '(.*)' for '(\w+)' in '(.*)' is not unique$")
 _UNRESOLVED_PARAM = re.compile(r"^Path parameter '(.*)' for '(\w+)' operation in '(.*)' was not resolved$")
 
 
@@ -103,6 +104,11 @@ def check_openapi_structure(doc: Document) -> List[Diagnostic]:
     for err in errors:
         ptr = _error_pointer(err)
         message = getattr(err, "message", str(err))
+        duplicate_id = _DUPLICATE_OPERATION_ID.match(message)
+        if duplicate_id:
+            op_id, method, path = duplicate_id.groups()
+            out.append(_diag("GW030", f"duplicate operationId {op_id!r} ({method.upper()} {path} reuses it)", doc.root, f"/paths/{escape_pointer_token(path)}/{method}/operationId"))
+            continue
         unresolved = _UNRESOLVED_PARAM.match(message)
         if unresolved:
             name, method, path = unresolved.groups()
@@ -143,12 +149,37 @@ def _known_keys(err: ValidationError) -> List[str]:
     return sorted(props)
 
 
-def _schema_error_diags(err: ValidationError, src: SourceFile, base: str) -> Iterator[Diagnostic]:
+def _suggest(key: str, value: Any, err: ValidationError, validator: Draft202012Validator) -> List[str]:
+    """Close key names, preferring those whose schema accepts the misplaced value."""
+    known = _known_keys(err)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    props = err.schema.get("properties", {})
+    fitting = [c for c in close if _json_type_fits(_declared_type(props[c]), value)]
+    return (fitting or close)[:1]
+
+
+def _declared_type(schema: dict) -> Any:
+    from .schema_defaults import resolved_anywhere
+
+    return resolved_anywhere(schema).get("type")
+
+
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+
+
+def _json_type_fits(expected: Any, value: Any) -> bool:
+    if expected is None:
+        return True
+    names = expected if isinstance(expected, list) else [expected]
+    return any(isinstance(value, _JSON_TYPES.get(n, object)) for n in names)
+
+
+def _schema_error_diags(err: ValidationError, src: SourceFile, base: str, validator: Draft202012Validator) -> Iterator[Diagnostic]:
     ptr = base + "".join("/" + escape_pointer_token(p) for p in err.absolute_path)
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         known = _known_keys(err)
         for key in sorted(k for k in err.instance if k not in known):
-            hint = difflib.get_close_matches(key, known, n=1)
+            hint = _suggest(key, err.instance[key], err, validator)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
             yield _diag("GW020", f"unknown x-gateway key {key!r}{suggestion}", src, ptr + "/" + escape_pointer_token(key), key=True)
         return
@@ -166,7 +197,7 @@ def check_gateway(doc: Document) -> List[Diagnostic]:
     for level, value, src, ptr in gateway_locations(doc):
         validator = level_validator(level)
         for err in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path))):
-            out.extend(_schema_error_diags(err, src, ptr))
+            out.extend(_schema_error_diags(err, src, ptr, validator))
     return out
 
 

@@ -1,0 +1,321 @@
+"""Bad specs: a positioned diagnostic, exit code 1, no traceback, nothing written.
+
+Each case is data: the spec text, the diagnostic code and pointer expected.
+"""
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+HEADER = """\
+openapi: 3.0.3
+info: {title: t, version: "1"}
+"""
+UPSTREAM = """\
+x-gateway:
+  upstreams:
+    pets: {servers: ["http://127.0.0.1:9000"]}
+  upstream: pets
+"""
+PET_PATH = """\
+paths:
+  /pets/{id}:
+    parameters: [{name: id, in: path, required: true, schema: {type: string}}]
+    get:
+      operationId: getPet
+      responses: {"200": {description: ok}}
+"""
+
+CASES = [
+    {
+        "name": "malformed-yaml",
+        "spec": "openapi: 3.0.3\ninfo: {title: t\npaths: {}\n",
+        "code": "GW001",
+        "line": 3,
+    },
+    {
+        "name": "malformed-json",
+        "file": "api.json",
+        "spec": '{"openapi": "3.0.3", "info": {"title": "t",, "version": "1"}, "paths": {}}',
+        "code": "GW001",
+        "line": 1,
+    },
+    {"name": "not-openapi-list", "spec": "- a\n- b\n", "code": "GW002"},
+    {"name": "swagger-2", "spec": "swagger: '2.0'\ninfo: {title: t, version: '1'}\npaths: {}\n", "code": "GW002"},
+    {"name": "openapi-2-version", "spec": "openapi: 2.0.0\ninfo: {title: t, version: '1'}\npaths: {}\n", "code": "GW002", "pointer": "/openapi"},
+    {
+        "name": "duplicate-yaml-key",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    get: {responses: {'200': {description: ok}}}\n  /a:\n    get: {responses: {'200': {description: ok}}}\n",
+        "code": "GW004",
+        "pointer": "/paths/~1a",
+    },
+    {
+        "name": "openapi-structure",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    get: {responses: {'200': {descriptio: ok}}}\n",
+        "code": "GW010",
+    },
+    {
+        "name": "unknown-gateway-key",
+        "spec": HEADER + "x-gateway:\n  upstreamz: {}\n" + "paths: {}\n",
+        "code": "GW020",
+        "pointer": "/x-gateway/upstreamz",
+        "message": "did you mean 'upstreams'",
+        "line": 4,
+    },
+    {
+        "name": "unknown-upstream-key",
+        "spec": HEADER + "x-gateway:\n  upstreams:\n    pets: {servers: ['http://a:1'], keepalivee: 3}\npaths: {}\n",
+        "code": "GW020",
+        "pointer": "/x-gateway/upstreams/pets/keepalivee",
+        "message": "did you mean 'keepalive'",
+    },
+    {
+        "name": "mistyped-gateway-value",
+        "spec": HEADER + "x-gateway:\n  upstreams:\n    pets: {servers: ['http://a:1'], keepalive: lots}\npaths: {}\n",
+        "code": "GW021",
+        "pointer": "/x-gateway/upstreams/pets/keepalive",
+    },
+    {
+        "name": "unknown-operation-key",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    get:\n      x-gateway: {listen: ['1.2.3.4:80']}\n      responses: {'200': {description: ok}}\n",
+        "code": "GW020",
+        "pointer": "/paths/~1a/get/x-gateway/listen",
+    },
+    {
+        "name": "unresolvable-local-ref",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    get:\n      responses: {'200': {$ref: '#/components/responses/Nope'}}\n",
+        "code": "GW011",
+        "pointer": "/paths/~1a/get/responses/200/$ref",
+    },
+    {
+        "name": "unresolvable-file-ref",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    $ref: 'missing.yaml#/a'\n",
+        "code": "GW011",
+        "pointer": "/paths/~1a/$ref",
+    },
+    {
+        "name": "duplicate-operation-id",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    get: {operationId: same, responses: {'200': {description: ok}}}\n  /b:\n    get: {operationId: same, responses: {'200': {description: ok}}}\n",
+        "code": "GW030",
+    },
+    {
+        "name": "ambiguous-routes",
+        "spec": HEADER + UPSTREAM + textwrap.dedent("""\
+            paths:
+              /files/{name}.json:
+                parameters: [{name: name, in: path, required: true, schema: {type: string}}]
+                get: {responses: {'200': {description: ok}}}
+              /files/data.{ext}:
+                parameters: [{name: ext, in: path, required: true, schema: {type: string}}]
+                get: {responses: {'200': {description: ok}}}
+            """),
+        "code": "GW031",
+        "message": ["'/files/{name}.json'", "'/files/data.{ext}'"],
+    },
+    {
+        "name": "unknown-upstream",
+        "spec": HEADER + "x-gateway:\n  upstreams: {pets: {servers: ['http://a:1']}}\n" + "paths:\n  /a:\n    get:\n      x-gateway: {upstream: dogs}\n      responses: {'200': {description: ok}}\n",
+        "code": "GW032",
+        "pointer": "/paths/~1a/get/x-gateway/upstream",
+        "message": "unknown upstream 'dogs'",
+    },
+    {
+        "name": "no-integration",
+        "spec": HEADER + "paths:\n  /a:\n    get: {responses: {'200': {description: ok}}}\n",
+        "code": "GW036",
+    },
+    {
+        "name": "bad-url-scheme",
+        "spec": HEADER + "x-gateway:\n  upstreams: {pets: {servers: ['ftp://a:1']}}\n  upstream: pets\npaths: {}\n",
+        "code": "GW033",
+        "pointer": "/x-gateway/upstreams/pets/servers/0",
+    },
+    {
+        "name": "bad-url-path",
+        "spec": HEADER + "x-gateway:\n  upstreams: {pets: {servers: ['http://a:1/api']}}\n  upstream: pets\npaths: {}\n",
+        "code": "GW033",
+    },
+    {
+        "name": "bad-url-port",
+        "spec": HEADER + "x-gateway:\n  upstreams: {pets: {servers: ['http://a:99999']}}\n  upstream: pets\npaths: {}\n",
+        "code": "GW033",
+    },
+    {
+        "name": "injection-in-upstream-host",
+        "spec": HEADER + "x-gateway:\n  upstreams: {pets: {servers: [\"http://a;include /etc/passwd;:80\"]}}\n  upstream: pets\npaths: {}\n",
+        "code": "GW033",
+    },
+    {
+        "name": "injection-newline-in-upstream",
+        "spec": HEADER + "x-gateway:\n  upstreams: {pets: {servers: [\"http://a:80\\n}\\nserver {\"]}}\n  upstream: pets\npaths: {}\n",
+        "code": "GW033",
+    },
+    {
+        "name": "injection-in-listen",
+        "spec": HEADER + "x-gateway:\n  listen: ['127.0.0.1:80; include /etc/passwd']\n" + "paths: {}\n",
+        "code": "GW039",
+        "pointer": "/x-gateway/listen/0",
+    },
+    {
+        "name": "injection-in-host-header",
+        "spec": HEADER + "x-gateway:\n  upstreams: {pets: {servers: ['http://a:1'], host_header: 'a\"; proxy_pass http://evil; #'}}\n  upstream: pets\npaths: {}\n",
+        "code": "GW021",
+    },
+    {
+        "name": "injection-in-mock-header",
+        "spec": HEADER + "paths:\n  /a:\n    get:\n      x-gateway: {mock: {headers: {X-A: \"v\\r\\nSet-Cookie: s=1\"}}}\n      responses: {'200': {description: ok}}\n",
+        "code": "GW021",
+    },
+    {
+        "name": "injection-in-mock-header-name",
+        "spec": HEADER + "paths:\n  /a:\n    get:\n      x-gateway: {mock: {headers: {'X-A; evil': v}}}\n      responses: {'200': {description: ok}}\n",
+        "code": "GW021",
+    },
+    {
+        "name": "injection-in-hash-key",
+        "spec": HEADER + "x-gateway:\n  upstreams: {pets: {servers: ['http://a:1'], balance: hash, hash_key: 'header.X;rm'}}\n  upstream: pets\npaths: {}\n",
+        "code": "GW021",
+    },
+    {
+        "name": "injection-in-body-size",
+        "spec": HEADER + "x-gateway:\n  nginx: {client_max_body_size: '1m; include x'}\npaths: {}\n",
+        "code": "GW021",
+    },
+    {
+        "name": "mock-example-missing",
+        "spec": HEADER + "paths:\n  /a:\n    get:\n      x-gateway: {mock: {example: nope}}\n      responses: {'200': {description: ok}}\n",
+        "code": "GW035",
+        "pointer": "/paths/~1a/get/x-gateway/mock/example",
+    },
+    {
+        "name": "rewrite-unknown-param",
+        "spec": HEADER + UPSTREAM.replace("  upstream: pets\n", "  upstream: pets\n") + PET_PATH.replace("      operationId: getPet\n", "      operationId: getPet\n      x-gateway: {path: '/v2/{petId}'}\n"),
+        "code": "GW034",
+    },
+    {
+        "name": "adjacent-params",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a/{x}{y}:\n    parameters: [{name: x, in: path, required: true, schema: {type: string}}, {name: y, in: path, required: true, schema: {type: string}}]\n    get: {responses: {'200': {description: ok}}}\n",
+        "code": "GW034",
+    },
+    {
+        "name": "greedy-not-last",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a/{p+}/b:\n    get: {responses: {'200': {description: ok}}}\n",
+        "code": "GW034",
+    },
+    {
+        "name": "conflicting-base-paths",
+        "spec": HEADER + "servers: [{url: 'http://a/v1'}, {url: 'http://b/v2'}]\n" + UPSTREAM + PET_PATH,
+        "code": "GW037",
+    },
+]
+
+_DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): error\[(?P<code>GW\d{3})\]: (?P<msg>.*?)(?: \(at (?P<ptr>[^)]*)\))?$", re.M)
+
+
+def _gwc(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "gwc.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_bad_spec_is_a_diagnostic(case, tmp_path):
+    name = case.get("file", "api.yaml")
+    (tmp_path / name).write_text(case["spec"])
+    out = tmp_path / "out"
+    proc = _gwc("build", name, "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists(), "a failed build must not write its output directory"
+    diags = [m.groupdict() for m in _DIAG.finditer(proc.stderr)]
+    assert diags, f"no positioned diagnostic in: {proc.stderr!r}"
+    matching = [d for d in diags if d["code"] == case["code"]]
+    assert matching, f"expected {case['code']}, got {proc.stderr!r}"
+    d = matching[0]
+    assert d["file"] == name
+    if "line" in case:
+        assert int(d["line"]) == case["line"], proc.stderr
+    if "pointer" in case:
+        assert d["ptr"] == case["pointer"], proc.stderr
+    expected = case.get("message", [])
+    for fragment in [expected] if isinstance(expected, str) else expected:
+        assert fragment in d["msg"], proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "github"])
+def test_validate_reports_every_problem_in_one_run(fmt, tmp_path):
+    spec = HEADER + textwrap.dedent("""\
+        x-gateway:
+          upstreamz: {}
+          listen: ['nope']
+          upstreams:
+            pets: {servers: ['ftp://x'], keepalive: -1}
+        paths: {}
+        """)
+    (tmp_path / "api.yaml").write_text(spec)
+    proc = _gwc("validate", "api.yaml", "--format", fmt, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    text = proc.stdout if fmt != "text" else proc.stderr
+    if fmt == "json":
+        codes = sorted(d["code"] for d in json.loads(text))
+        assert codes == ["GW020", "GW021"], codes
+        assert all(d["line"] > 0 and d["file"] == "api.yaml" for d in json.loads(text))
+    elif fmt == "github":
+        lines = [l for l in text.splitlines() if l.startswith("::error ")]
+        assert len(lines) == 2, text
+        assert all("file=api.yaml,line=" in l for l in lines)
+    else:
+        assert len(_DIAG.findall(text)) == 2, text
+
+
+def test_semantic_problems_are_all_reported(tmp_path):
+    spec = HEADER + textwrap.dedent("""\
+        x-gateway:
+          listen: ['nope']
+          upstreams:
+            pets: {servers: ['ftp://x']}
+        paths:
+          /a:
+            get: {x-gateway: {upstream: cats}, responses: {'200': {description: ok}}}
+          /b:
+            get: {x-gateway: {upstream: dogs}, responses: {'200': {description: ok}}}
+        """)
+    (tmp_path / "api.yaml").write_text(spec)
+    proc = _gwc("validate", "api.yaml", "--format", "json", cwd=tmp_path)
+    assert proc.returncode == 1
+    codes = sorted(d["code"] for d in json.loads(proc.stdout))
+    assert codes == ["GW032", "GW032", "GW033", "GW039"], codes
+
+
+def test_failed_build_keeps_previous_output(tmp_path, repo_root):
+    spec = repo_root / "examples" / "petstore" / "api.yaml"
+    out = tmp_path / "out"
+    assert _gwc("build", str(spec), "-o", str(out), cwd=tmp_path).returncode == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("openapi: 3.0.3\ninfo: [\n")
+    proc = _gwc("build", str(bad), "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 1
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "staging directories must be cleaned up"
+
+
+def test_refuses_to_replace_a_foreign_directory(tmp_path, repo_root):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    proc = _gwc("build", str(repo_root / "examples/petstore/api.yaml"), "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "GW050" in proc.stderr
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_missing_file(tmp_path):
+    proc = _gwc("validate", "nope.yaml", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "nope.yaml: error[GW003]" in proc.stderr
+    assert "Traceback" not in proc.stderr
