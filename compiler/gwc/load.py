@@ -244,9 +244,15 @@ class Document:
         raise LoadError(Diagnostic("GW011", "$ref chain is circular", src.display, *src.position(ptr), ptr))
 
     def input_hashes(self) -> Dict[str, str]:
-        out = {self.root.display: self.root.sha256}
+        """sha256 of every input file, keyed by its path relative to the root spec's folder."""
+        base = self.root.path.parent
+        out = {}
         for src in self.files.values():
-            out[src.display] = src.sha256
+            try:
+                key = src.path.relative_to(base).as_posix()
+            except ValueError:
+                key = src.path.as_posix()
+            out[key] = src.sha256
         return dict(sorted(out.items()))
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from .diagnostics import Diagnostic, escape_pointer_token
 from .load import Document, LoadError, SourceFile
-from .paths import PathTemplate, TemplateError, parse_template, substitute_ok
+from .paths import PathTemplate, parse_template, substitute_ok
 from .resources import SCHEMA_BASE, schemas
 from .schema_defaults import level_schema, with_defaults
 from .validate import HTTP_METHODS
@@ -331,11 +331,7 @@ class _Builder:
         seen_ids: Dict[str, str] = {}
         for path_key in paths:
             item_ptr = "/paths/" + escape_pointer_token(path_key)
-            try:
-                template = parse_template(path_key)
-            except TemplateError as exc:
-                self.error("GW034", f"invalid path template {path_key!r}: {exc}", root_src, item_ptr, key=True)
-                continue
+            template = parse_template(path_key)  # validate.check_path_templates vetted every key
             try:
                 item, src, ptr = self.doc.deref(paths[path_key], root_src, item_ptr)
             except LoadError as exc:

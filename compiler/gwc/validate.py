@@ -15,6 +15,7 @@ from referencing import Registry, Resource
 
 from .diagnostics import Diagnostic, escape_pointer_token
 from .load import Document, LoadError, SourceFile, walk_refs
+from .paths import TemplateError, parse_template
 from .resources import SCHEMA_BASE, schemas
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -112,7 +113,7 @@ def check_openapi_structure(doc: Document) -> List[Diagnostic]:
         unresolved = _UNRESOLVED_PARAM.match(message)
         if unresolved:
             name, method, path = unresolved.groups()
-            if name.endswith("+"):
+            if name.endswith("+") or "{" + name + "+}" in path:
                 continue  # AWS-style greedy {proxy+}: the parameter is declared as `proxy`
             ptr = f"/paths/{escape_pointer_token(path)}/{method}"
         out.append(_diag("GW010", f"invalid OpenAPI: {message}", doc.root, ptr))
@@ -201,13 +202,25 @@ def check_gateway(doc: Document) -> List[Diagnostic]:
     return out
 
 
+def check_path_templates(doc: Document) -> List[Diagnostic]:
+    paths = doc.data.get("paths")
+    out = []
+    for key in paths if isinstance(paths, dict) else ():
+        try:
+            parse_template(key)
+        except TemplateError as exc:
+            out.append(_diag("GW034", f"invalid path template {key!r}: {exc}", doc.root, "/paths/" + escape_pointer_token(key), key=True))
+    return out
+
+
 def validate(doc: Document, structural: bool = True) -> List[Diagnostic]:
     diags = check_openapi_version(doc)
     if diags:
         return diags
-    ref_diags = check_refs(doc)
-    diags.extend(ref_diags)
-    if structural and not ref_diags:
+    # openapi-spec-validator raises on some malformed templates, so they are checked first.
+    blocking = check_refs(doc) + check_path_templates(doc)
+    diags.extend(blocking)
+    if structural and not blocking:
         diags.extend(check_openapi_structure(doc))
     diags.extend(check_gateway(doc))
     return diags

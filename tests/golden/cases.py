@@ -1,0 +1,56 @@
+"""Golden cases: each is a spec whose whole output directory is checked in.
+
+`scripts/regen-golden` (or `python -m tests.golden.cases --regenerate`)
+rewrites the expected directories.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+GOLDEN_DIR = Path(__file__).resolve().parent
+REPO_ROOT = GOLDEN_DIR.parent.parent
+OPTIONS = ["--target", "nginx-lua", "--install-dir", "/etc/nginx/gwc"]
+
+# name -> spec path
+CASES: Dict[str, Path] = {
+    "petstore": REPO_ROOT / "examples" / "petstore" / "api.yaml",
+    "upstream-options": GOLDEN_DIR / "upstream-options" / "api.yaml",
+}
+
+
+def expected_dir(name: str) -> Path:
+    return GOLDEN_DIR / name / "expected"
+
+
+def build_args(name: str, out: Path) -> List[str]:
+    return ["build", str(CASES[name]), "-o", str(out), *OPTIONS]
+
+
+def tree(root: Path) -> Dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def regenerate() -> List[Tuple[str, Path]]:
+    import subprocess
+
+    done = []
+    for name in CASES:
+        target = expected_dir(name)
+        tmp = GOLDEN_DIR / name / ".regen"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "gwc.cli", *build_args(name, tmp)], check=True, cwd=REPO_ROOT)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(tmp, target)
+        shutil.rmtree(tmp)
+        done.append((name, target))
+    return done
+
+
+if __name__ == "__main__":
+    if "--regenerate" not in sys.argv:
+        sys.exit("usage: python -m tests.golden.cases --regenerate")
+    for name, target in regenerate():
+        print(f"{name}: {target.relative_to(REPO_ROOT)}")

@@ -1,0 +1,52 @@
+"""The load stage: positions, duplicate keys, $refs (local, relative files, circular)."""
+import json
+
+from gwc.load import load
+
+
+def test_positions_of_values_and_keys(tmp_path):
+    (tmp_path / "api.yaml").write_text("openapi: 3.0.3\ninfo:\n  title: t\n  version: '1'\npaths:\n  /a:\n    get: {}\n")
+    doc, diags = load(str(tmp_path / "api.yaml"))
+    assert not diags
+    assert doc.root.position("/info/title") == (3, 10)
+    assert doc.root.position("/paths/~1a", key=True) == (6, 3)
+    assert doc.root.position("/paths/~1a/get/missing") == (7, 10), "falls back to the nearest ancestor"
+
+
+def test_json_positions_are_recovered_lazily(tmp_path):
+    (tmp_path / "api.json").write_text(json.dumps({"openapi": "3.0.3", "info": {"title": "t"}}, indent=2))
+    doc, diags = load(str(tmp_path / "api.json"))
+    assert not diags
+    assert doc.root.position("/info/title")[0] == 4
+
+
+def test_duplicate_keys_in_json_are_reported_with_position(tmp_path):
+    (tmp_path / "api.json").write_text('{\n  "a": 1,\n  "a": 2\n}\n')
+    doc, diags = load(str(tmp_path / "api.json"))
+    assert [(d.code, d.line) for d in diags] == [("GW004", 3)]
+
+
+def test_relative_file_refs_and_circular_schemas(tmp_path):
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "pet.yaml").write_text(
+        "Pet:\n  type: object\n  properties:\n    parent: {$ref: '#/Pet'}\n    owner: {$ref: '../api.yaml#/components/schemas/Owner'}\n"
+    )
+    (tmp_path / "api.yaml").write_text(
+        "openapi: 3.0.3\ninfo: {title: t, version: '1'}\npaths: {}\ncomponents:\n  schemas:\n"
+        "    Owner: {type: object, properties: {pets: {type: array, items: {$ref: 'schemas/pet.yaml#/Pet'}}}}\n"
+    )
+    doc, diags = load(str(tmp_path / "api.yaml"))
+    assert not diags
+    pet, src, ptr = doc.resolve("schemas/pet.yaml#/Pet", doc.root)
+    assert pet["type"] == "object" and ptr == "/Pet"
+    parent, _, _ = doc.resolve(pet["properties"]["parent"]["$ref"], src)
+    assert parent is pet
+    owner, osrc, _ = doc.resolve(pet["properties"]["owner"]["$ref"], src)
+    assert osrc is doc.root and owner["type"] == "object"
+    assert set(doc.input_hashes()) == {"api.yaml", "schemas/pet.yaml"}
+
+
+def test_yaml_timestamps_stay_strings(tmp_path):
+    (tmp_path / "api.yaml").write_text("openapi: 3.0.3\ninfo: {title: t, version: 2024-01-01}\n")
+    doc, _ = load(str(tmp_path / "api.yaml"))
+    assert doc.data["info"]["version"] == "2024-01-01"

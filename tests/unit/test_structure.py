@@ -1,0 +1,132 @@
+"""Structural checks of the generated configuration through crossplane's parse tree."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import crossplane
+import pytest
+
+from golden.cases import CASES, expected_dir
+
+# Every directive gwc may emit. A directive outside this list means a spec
+# value escaped its quoting.
+ALLOWED = {
+    "load_module", "worker_processes", "pid", "error_log", "events", "worker_connections", "http",
+    "default_type", "sendfile", "tcp_nodelay", "keepalive_timeout", "client_body_temp_path", "proxy_temp_path",
+    "fastcgi_temp_path", "uwsgi_temp_path", "scgi_temp_path", "lua_package_path", "init_by_lua_block", "log_format",
+    "upstream", "least_conn", "hash", "server", "keepalive", "listen", "server_tokens", "client_max_body_size",
+    "access_log", "merge_slashes", "set", "add_header", "uninitialized_variable_warn", "error_page", "location",
+    "set_by_lua_block", "rewrite", "internal", "proxy_pass", "proxy_http_version", "proxy_set_header",
+    "proxy_hide_header", "proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout", "proxy_next_upstream",
+    "proxy_next_upstream_tries", "proxy_next_upstream_timeout", "proxy_ssl_server_name", "proxy_ssl_name",
+    "proxy_ssl_session_reuse", "proxy_ssl_verify", "proxy_ssl_verify_depth", "proxy_ssl_trusted_certificate",
+    "content_by_lua_block",
+}
+
+
+def parse(path):
+    result = crossplane.parse(str(path), strict=False, check_ctx=False, check_args=False, single=True)
+    assert result["status"] == "ok", result["errors"]
+    return result["config"][0]["parsed"]
+
+
+def walk(block, parents=()):
+    for d in block:
+        yield d, parents
+        if "block" in d:
+            yield from walk(d["block"], parents + (d,))
+
+
+def find(block, name):
+    return [d for d, _ in walk(block) if d["directive"] == name]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_only_known_directives(name):
+    tree = parse(expected_dir(name) / "nginx.conf")
+    unknown = {d["directive"] for d, _ in walk(tree)} - ALLOWED
+    assert not unknown
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_locations_and_upstreams_are_consistent(name):
+    out = expected_dir(name)
+    tree = parse(out / "nginx.conf")
+    routes = json.loads((out / "lua/gwc/data/routes.json").read_text())
+    servers = find(tree, "server")
+    gateway_servers = [s for s in servers if "block" in s]
+    assert len(gateway_servers) == 1
+    locations = {tuple(d["args"]): d for d in find(gateway_servers[0]["block"], "location")}
+    # Every location an operation jumps to exists, is exact-match and internal.
+    for op in routes["operations"]:
+        loc = locations[("=", "gw:" + op["loc"])]
+        assert [d["directive"] for d in loc["block"]][0] == "internal"
+    for rejection in ("e400", "e404", "e405"):
+        assert ("=", "gw:" + rejection) in locations
+    # The only location a client path can reach is the router.
+    reachable = [args for args, d in locations.items() if not any(x["directive"] == "internal" for x in d["block"])]
+    assert reachable == [("/",)]
+    router = locations[("/",)]["block"]
+    assert [d["directive"] for d in router] == ["set_by_lua_block", "rewrite"]
+    # proxy_pass targets name declared upstream blocks.
+    upstreams = {d["args"][0] for d in find(tree, "upstream")}
+    for d in find(tree, "proxy_pass"):
+        target = d["args"][0].split("://", 1)[1].split("$", 1)[0]
+        assert target in upstreams
+
+
+def test_conf_d_is_the_same_gateway_with_absolute_paths():
+    out = expected_dir("petstore")
+    full = parse(out / "nginx.conf")
+    included = parse(out / "conf.d" / "gateway.conf")
+    http = find(full, "http")[0]["block"]
+    skip = {"default_type", "sendfile", "tcp_nodelay", "keepalive_timeout", "client_body_temp_path", "proxy_temp_path",
+            "fastcgi_temp_path", "uwsgi_temp_path", "scgi_temp_path"}
+    assert [d["directive"] for d in http if d["directive"] not in skip] == [d["directive"] for d in included]
+    assert find(included, "lua_package_path")[0]["args"] == ["/etc/nginx/gwc/lua/?.lua;;"]
+
+
+NASTY = ['x;}', "a{b}", '$host', '"q"', "'s'", "line\nbreak", "\\", "#c"]
+
+
+def test_spec_values_never_reach_the_config_unquoted(tmp_path, repo_root):
+    """Paths, descriptions, ids, mock bodies and header values full of config
+    syntax build fine, and the config's parse tree is the same as a clean spec's."""
+    nasty = "".join(NASTY)
+    spec = textwrap.dedent(f"""\
+        openapi: 3.0.3
+        info: {{title: {json.dumps(nasty)}, version: "1", description: {json.dumps(nasty)}}}
+        x-gateway:
+          upstreams: {{be: {{servers: ["http://127.0.0.1:9"]}}}}
+          upstream: be
+        paths:
+          "/a;b/{{id}}/c\\"$x'%7B":
+            parameters: [{{name: id, in: path, required: true, schema: {{type: string}}}}]
+            get:
+              operationId: {json.dumps(nasty)}
+              responses: {{"200": {{description: ok}}}}
+          "/mock":
+            get:
+              x-gateway:
+                mock: {{body: {json.dumps(nasty)}, headers: {{X-Nasty: {json.dumps(nasty.replace(chr(10), ' '))}}}}}
+              responses: {{"200": {{description: ok}}}}
+        """)
+    clean = spec.replace('"/a;b/{id}/c\\"$x\'%7B"', '"/a/{id}"')
+    for text in (json.dumps(nasty),):
+        clean = clean.replace(text, '"clean"')
+    results = {}
+    for label, body in (("nasty", spec), ("clean", clean)):
+        (tmp_path / f"{label}.yaml").write_text(body)
+        out = tmp_path / label
+        proc = subprocess.run([sys.executable, "-m", "gwc.cli", "build", f"{label}.yaml", "-o", label, "--target", "nginx-lua"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        shape = [(d["directive"], len(parents)) for d, parents in walk(parse(out / "nginx.conf"))]
+        results[label] = (shape, out)
+    assert results["nasty"][0] == results["clean"][0]
+    data = json.loads((results["nasty"][1] / "lua/gwc/data/routes.json").read_text())
+    assert data["operations"][0]["id"] == nasty
+    assert data["operations"][1]["mock"]["body"] == nasty
+    conf = (results["nasty"][1] / "nginx.conf").read_text()
+    assert "a;b" not in conf and nasty not in conf
