@@ -1,0 +1,779 @@
+#!/usr/bin/env python3
+"""gwc benchmarks.
+
+Gateway CPU per request and latency of gwc-generated configs against bare
+NGINX `proxy_pass` measured in the same run, and the compile time of a
+GitHub-size spec. See bench/README.md.
+
+    python bench/run.py all            # everything (about 5 minutes on 2 cores)
+    python bench/run.py --quick all    # shorter runs, under 2 minutes
+    python bench/run.py one-route many-routes compile
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(BENCH))
+
+import paced  # noqa: E402
+import specs  # noqa: E402
+from support.processes import Nginx, free_port, nginx_binary, wait_for_port  # noqa: E402
+
+SCENARIOS = ("one-route", "many-routes", "compile")
+WRK_SCRIPT = BENCH / "wrk_report.lua"
+RESULTS = BENCH / "results"
+LOG_OFF_LABEL = "access_log off (bench edit)"
+
+# Settings every nginx the bench writes itself shares with the generated
+# nginx.conf, so bare and gwc differ only in what gwc adds.
+_HTTP_COMMON = """\
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    access_log off;
+    client_body_temp_path tmp/client_body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    rounds: int
+    secs: int
+    warmup_secs: int
+    connections: int
+    latency_rate: int
+    latency_secs: float
+    latency_rounds: int
+    compile_runs: int
+    profile: bool
+    keep_tmp: bool
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+    return Settings(
+        rounds=args.rounds or (2 if quick else 5),
+        secs=args.secs or (1 if quick else 3),
+        warmup_secs=1,
+        connections=args.connections,
+        latency_rate=args.rate,
+        latency_secs=args.latency_secs or (1.0 if quick else 3.0),
+        latency_rounds=1 if quick else 2,
+        compile_runs=args.compile_runs or (2 if quick else 3),
+        profile=args.profile,
+        keep_tmp=args.keep_tmp,
+    )
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    label: str
+    nginx: Nginx
+    port: int
+    worker: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def _prefix(base: Path, name: str) -> Path:
+    prefix = base / name
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    (prefix / "tmp").mkdir(exist_ok=True)
+    return prefix
+
+
+def _single_worker(nginx: Nginx, deadline_s: float = 10.0) -> int:
+    end = time.monotonic() + deadline_s
+    pids: List[int] = []
+    while time.monotonic() < end:
+        pids = nginx.worker_pids()
+        if len(pids) == 1:
+            return pids[0]
+        time.sleep(0.05)
+    raise RuntimeError(f"expected exactly one nginx worker under {nginx.prefix}, found {pids}")
+
+
+def start_server(stack: contextlib.ExitStack, label: str, prefix: Path, port: int) -> Server:
+    nginx = Nginx(prefix)
+    stack.callback(nginx.stop)
+    nginx.start([port])
+    return Server(label, nginx, port, _single_worker(nginx))
+
+
+def start_backend(stack: contextlib.ExitStack, base: Path) -> Server:
+    port = free_port()
+    prefix = _prefix(base, "backend")
+    (prefix / "nginx.conf").write_text(
+        f"""worker_processes 1;
+pid logs/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+{_HTTP_COMMON}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+"""
+    )
+    return start_server(stack, "backend", prefix, port)
+
+
+def start_bare(stack: contextlib.ExitStack, base: Path, backend_port: int) -> Server:
+    port = free_port()
+    prefix = _prefix(base, "bare")
+    (prefix / "nginx.conf").write_text(
+        f"""worker_processes 1;
+pid logs/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+{_HTTP_COMMON}
+    upstream be {{
+        server 127.0.0.1:{backend_port};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+    )
+    return start_server(stack, "bare", prefix, port)
+
+
+def gwc_command() -> List[str]:
+    exe = shutil.which("gwc")
+    return [exe] if exe else [sys.executable, "-m", "gwc.cli"]
+
+
+def gwc_build(spec_path: Path, out_dir: Path, port: int, timeout_s: float = 120) -> float:
+    """`gwc build` as a user runs it; returns wall seconds."""
+    cmd = gwc_command() + ["build", str(spec_path), "-o", str(out_dir), "--listen", f"127.0.0.1:{port}", "--target", "nginx-lua"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"gwc build failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def switch_access_log_off(out_dir: Path) -> None:
+    """Edit the bench copy only: the generated JSON access_log becomes `access_log off;`."""
+    conf = out_dir / "nginx.conf"
+    text = conf.read_text()
+    new, count = re.subn(r"(?m)^(\s*)access_log\s[^;]*;", r"\1access_log off;  # bench edit", text)
+    if count != 1:
+        raise RuntimeError(f"expected one access_log directive in {conf}, found {count}")
+    conf.write_text(new)
+
+
+@dataclass
+class GwcPair:
+    """The same spec as generated, and with the access log switched off."""
+
+    logged: Server
+    log_off: Server
+    out_dir: Path
+    build_s: float
+
+
+def start_gwc(stack: contextlib.ExitStack, base: Path, name: str, spec: dict) -> GwcPair:
+    spec_path = base / f"{name}.yaml"
+    spec_path.write_text(specs.dump(spec))
+    port, port_off = free_port(), free_port()
+    out = base / f"gwc-{name}"
+    out_off = base / f"gwc-{name}-log-off"
+    build_s = gwc_build(spec_path, out, port)
+    gwc_build(spec_path, out_off, port_off)
+    switch_access_log_off(out_off)
+    logged = start_server(stack, f"gwc {name}", out, port)
+    log_off = start_server(stack, f"gwc {name}, {LOG_OFF_LABEL}", out_off, port_off)
+    return GwcPair(logged, log_off, out, build_s)
+
+
+# --- measurements -------------------------------------------------------------------------
+
+
+def cpu_ns(pid: int) -> int:
+    """Time on CPU of the (single-threaded) worker: first field of schedstat."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+_WRK_LINE = re.compile(r"GWCBENCH (.*)")
+
+
+def wrk(url: str, secs: int, connections: int) -> dict:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{secs}s", "--timeout", "5s", "-s", str(WRK_SCRIPT), url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30)
+    m = _WRK_LINE.search(proc.stdout)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
+    return {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+
+
+@dataclass
+class Case:
+    key: str
+    label: str
+    server: Server
+    path: str
+    expect_status: int = 200
+    note: str = ""
+    samples: List[dict] = field(default_factory=list)
+
+    def measure(self, secs: int, connections: int) -> dict:
+        before = cpu_ns(self.server.worker)
+        res = wrk(self.server.url(self.path), secs, connections)
+        time.sleep(0.05)  # let the worker finish closing the connections
+        after = cpu_ns(self.server.worker)
+        requests = res["requests"]
+        if requests <= 0:
+            raise RuntimeError(f"{self.label}: wrk completed no requests")
+        status_errors = res["status"]
+        unexpected = res["connect"] + res["read"] + res["write"] + res["timeout"]
+        if self.expect_status < 400:
+            unexpected += status_errors
+        elif status_errors != requests:
+            unexpected += abs(requests - status_errors)
+        return {
+            "cpu_us_per_req": (after - before) / requests / 1000,
+            "requests": requests,
+            "rps": requests / (res["duration_us"] / 1e6),
+            "unexpected": unexpected,
+            "wrk_p50_us": res["p50_us"],
+            "wrk_p99_us": res["p99_us"],
+        }
+
+    def stats(self) -> dict:
+        cpu = [s["cpu_us_per_req"] for s in self.samples]
+        return {
+            "label": self.label,
+            "path": self.path,
+            "expect_status": self.expect_status,
+            "note": self.note,
+            "cpu_us_per_req_median": statistics.median(cpu),
+            "cpu_us_per_req_min": min(cpu),
+            "cpu_us_per_req_max": max(cpu),
+            "rps_median": statistics.median(s["rps"] for s in self.samples),
+            "requests_total": sum(s["requests"] for s in self.samples),
+            "unexpected_responses": sum(s["unexpected"] for s in self.samples),
+            "rounds": self.samples,
+        }
+
+
+def check_response(case: Case, deadline_s: float = 5.0) -> None:
+    """One request before timing anything: the case must answer as expected."""
+    try:
+        with urllib.request.urlopen(case.server.url(case.path), timeout=deadline_s) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    if status != case.expect_status:
+        raise RuntimeError(f"{case.label} {case.path}: status {status}, expected {case.expect_status}: {body[:300]!r}")
+    if status == 200 and body != b"ok":
+        raise RuntimeError(f"{case.label} {case.path}: body {body[:300]!r} is not the backend's 'ok'")
+
+
+def interleaved(cases: List[Case], st: Settings) -> None:
+    """Warm every case, then run `rounds` rounds over all cases, the order
+    reversed every other round, so drift hits every case alike."""
+    for c in cases:
+        check_response(c)
+    for c in cases:
+        wrk(c.server.url(c.path), st.warmup_secs, st.connections)
+    for r in range(st.rounds):
+        order = cases if r % 2 == 0 else list(reversed(cases))
+        for c in order:
+            sample = c.measure(st.secs, st.connections)
+            c.samples.append(sample)
+            log(f"round {r + 1}/{st.rounds} {c.label:<48} {c.path:<40} {sample['cpu_us_per_req']:7.2f} µs/req {sample['rps']:9.0f} req/s")
+
+
+def latency(servers: List[Tuple[str, Server, str]], st: Settings) -> Dict[str, dict]:
+    """p50/p99 at a fixed rate on one keep-alive connection; rounds interleaved."""
+    pooled: Dict[str, paced.PacedResult] = {label: paced.PacedResult() for label, _, _ in servers}
+    for r in range(st.latency_rounds):
+        order = servers if r % 2 == 0 else list(reversed(servers))
+        for label, server, path in order:
+            res = paced.run("127.0.0.1", server.port, path, st.latency_rate, st.latency_secs)
+            p = pooled[label]
+            p.latencies_ns += res.latencies_ns
+            p.from_schedule_ns += res.from_schedule_ns
+            p.late += res.late
+            p.reconnects += res.reconnects
+            for k, v in res.statuses.items():
+                p.statuses[k] = p.statuses.get(k, 0) + v
+            s = paced.summary(res)
+            log(f"latency round {r + 1}/{st.latency_rounds} {label:<40} p50 {s['p50_us']} µs p99 {s['p99_us']} µs")
+    out = {}
+    for label, server, path in servers:
+        out[label] = {"path": path, **paced.summary(pooled[label])}
+    return out
+
+
+def verify_operations(server: Server, expected: List[Tuple[str, str]], deadline_s: float = 6.0) -> None:
+    """Send each path once and confirm, from the JSON access log, that the
+    gateway chose the expected operation ("" for none). The log is buffered
+    with flush=1s, so this polls with a deadline."""
+    marker = f"verify-{time.time_ns()}"
+    for path, _ in expected:
+        req = urllib.request.Request(server.url(path), headers={"User-Agent": marker})
+        try:
+            urllib.request.urlopen(req, timeout=5).read()
+        except urllib.error.HTTPError:
+            pass
+    log_path = server.nginx.prefix / "logs" / "access.log"
+    end = time.monotonic() + deadline_s
+    seen: Dict[str, str] = {}
+    while time.monotonic() < end:
+        seen = {}
+        if log_path.exists():
+            for line in log_path.read_text(errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("user_agent") == marker:
+                    seen[entry["uri"]] = entry.get("operation", "")
+        if len(seen) >= len(expected):
+            break
+        time.sleep(0.1)
+    for path, op in expected:
+        if seen.get(path) != op:
+            raise RuntimeError(f"{server.label}: {path} was routed to {seen.get(path)!r}, expected {op!r}")
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+def scenario_one_route(base: Path, st: Settings) -> dict:
+    with contextlib.ExitStack() as stack:
+        backend = start_backend(stack, base)
+        bare = start_bare(stack, base, backend.port)
+        gw = start_gwc(stack, base, "one-route", specs.one_route(backend.port))
+        verify_operations(gw.logged, [("/pets/42", "getPet")])
+        cases = [
+            Case("bare", "bare proxy_pass", bare, "/pets/42"),
+            Case("gwc", "gwc (as generated, JSON access_log)", gw.logged, "/pets/42"),
+            Case("gwc_log_off", f"gwc, {LOG_OFF_LABEL}", gw.log_off, "/pets/42"),
+        ]
+        interleaved(cases, st)
+        lat = latency(
+            [("bare", bare, "/pets/42"), ("gwc", gw.logged, "/pets/42"), ("gwc_log_off", gw.log_off, "/pets/42")],
+            st,
+        )
+    result = {"cases": {c.key: c.stats() for c in cases}, "latency": lat}
+    bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
+    for c in result["cases"].values():
+        c["ratio_vs_bare"] = c["cpu_us_per_req_median"] / bare_cpu
+    return result
+
+
+def scenario_many_routes(base: Path, st: Settings) -> dict:
+    with contextlib.ExitStack() as stack:
+        backend = start_backend(stack, base)
+        bare = start_bare(stack, base, backend.port)
+        one = start_gwc(stack, base, "one-route", specs.one_route(backend.port))
+        many_spec = specs.many_routes(backend.port)
+        many = start_gwc(stack, base, "many-routes", many_spec)
+        data = json.loads((many.out_dir / "lua" / "gwc" / "data" / "routes.json").read_text())
+        routes, ops = data["routes"], data["operations"]
+        picks = [("first", 0), ("middle", len(routes) // 2), ("last", len(routes) - 1)]
+        targets = []
+        for name, index in picks:
+            route = routes[index]
+            targets.append((name, index + 1, route["path"], specs.concrete_path(route["path"]), ops[route["methods"]["GET"] - 1]["id"]))
+        verify_operations(
+            many.logged, [(path, op) for _, _, _, path, op in targets] + [(specs.MISSING_PATH, "")]
+        )
+        verify_operations(one.logged, [("/pets/42", "getPet")])
+
+        cases = [Case("bare", "bare proxy_pass", bare, "/pets/42")]
+        for variant, suffix, pair, ref in (("gwc", "", many, one), ("gwc_log_off", f", {LOG_OFF_LABEL}", many, one)):
+            srv_one = ref.logged if variant == "gwc" else ref.log_off
+            srv_many = pair.logged if variant == "gwc" else pair.log_off
+            cases.append(Case(f"{variant}/one-route", f"gwc one-route{suffix}", srv_one, "/pets/42"))
+            for name, rank, template, path, _op in targets:
+                cases.append(Case(f"{variant}/{name}", f"gwc many-routes {name}{suffix}", srv_many, path, note=f"route {rank}/{len(routes)}: {template}"))
+            cases.append(
+                Case(f"{variant}/404", f"gwc many-routes 404{suffix}", srv_many, specs.MISSING_PATH, 404, note="answered by the gateway (no upstream)")
+            )
+        interleaved(cases, st)
+        last_path = targets[-1][3]
+        lat = latency(
+            [("bare", bare, "/pets/42"), ("gwc one-route", one.logged, "/pets/42"), ("gwc many-routes last", many.logged, last_path)],
+            st,
+        )
+        paths_count, ops_count = specs.count(many_spec)
+    result = {
+        "spec": {"paths": paths_count, "operations": ops_count, "routes": len(routes), "build_s": many.build_s},
+        "cases": {c.key: c.stats() for c in cases},
+        "latency": lat,
+    }
+    bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
+    for key, c in result["cases"].items():
+        c["ratio_vs_bare"] = c["cpu_us_per_req_median"] / bare_cpu
+        if "/" in key:
+            ref = result["cases"][key.split("/")[0] + "/one-route"]["cpu_us_per_req_median"]
+            c["ratio_vs_one_route"] = c["cpu_us_per_req_median"] / ref
+    return result
+
+
+def _timed_runs(cmd: List[str], runs: int, timeout_s: float = 300) -> List[float]:
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        out.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return out
+
+
+def _stage_breakdown(spec_path: Path, out_dir: Path, port: int) -> Dict[str, float]:
+    """One in-process build, stage by stage (the same calls pipeline.build makes)."""
+    from gwc import load as load_stage
+    from gwc import model as model_stage
+    from gwc import plan as plan_stage
+    from gwc import render as render_stage
+    from gwc import validate as validate_stage
+
+    times: Dict[str, float] = {}
+
+    def timed(name: str, fn: Callable):
+        t0 = time.perf_counter()
+        value = fn()
+        times[name] = time.perf_counter() - t0
+        return value
+
+    doc, _ = timed("load (YAML + positions)", lambda: load_stage.load(str(spec_path)))
+    timed("validate: $refs", lambda: validate_stage.check_refs(doc))
+    timed("validate: OpenAPI structure (openapi-spec-validator)", lambda: validate_stage.check_openapi_structure(doc))
+    timed("validate: x-gateway schemas", lambda: validate_stage.check_gateway(doc))
+    gateway, _ = timed("model", lambda: model_stage.build(doc, [f"127.0.0.1:{port}"]))
+    the_plan, _ = timed("plan (precedence, ambiguity)", lambda: plan_stage.plan(gateway))
+    options = render_stage.RenderOptions(target="nginx-lua")
+    files, _ = timed("render", lambda: render_stage.render(the_plan, options))
+    timed("write output", lambda: render_stage.write_output(files, out_dir))
+    return times
+
+
+def _profile(spec_path: Path, port: int, dest: Path) -> dict:
+    from gwc import pipeline
+    from gwc.render import RenderOptions
+
+    prof = cProfile.Profile()
+    prof.enable()
+    pipeline.build(str(spec_path), RenderOptions(target="nginx-lua"), [f"127.0.0.1:{port}"])
+    prof.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats(30)
+    dest.write_text(text.getvalue())
+    total = stats.total_tt  # type: ignore[attr-defined]
+    return {"profile_file": str(dest.relative_to(REPO)), "profiled_total_s": total}
+
+
+def scenario_compile(base: Path, st: Settings) -> dict:
+    spec = specs.github_like(free_port())
+    paths_count, ops_count = specs.count(spec)
+    spec_path = base / "github-like.yaml"
+    spec_path.write_text(specs.dump(spec))
+    out_dir = base / "gwc-github-like"
+    port = free_port()
+    gwc = gwc_command()
+    log(f"compile: {paths_count} paths, {ops_count} operations, {spec_path.stat().st_size // 1024} KiB of YAML")
+    validate_s = _timed_runs(gwc + ["validate", str(spec_path)], st.compile_runs)
+    build_cmd = gwc + ["build", str(spec_path), "-o", str(out_dir), "--listen", f"127.0.0.1:{port}", "--target", "nginx-lua"]
+    build_s = _timed_runs(build_cmd, st.compile_runs)
+    log(f"compile: validate {['%.2f' % t for t in validate_s]} s, build {['%.2f' % t for t in build_s]} s")
+    nginx_t = _timed_runs([nginx_binary() or "nginx", "-t", "-q", "-p", str(out_dir) + "/", "-c", "nginx.conf", "-e", "/dev/stderr"], st.compile_runs)
+    startup = _timed_runs([sys.executable, "-c", "import gwc.cli, gwc.pipeline, openapi_spec_validator"], st.compile_runs)
+    stages = _stage_breakdown(spec_path, base / "gwc-github-like-inproc", port)
+    routes = json.loads((out_dir / "lua" / "gwc" / "data" / "routes.json").read_text())["routes"]
+    result = {
+        "spec": {
+            "paths": paths_count,
+            "operations": ops_count,
+            "under_repos_owner_repo": sum(1 for r in routes if r["path"].startswith("/repos/{owner}/{repo}/")),
+            "yaml_bytes": spec_path.stat().st_size,
+        },
+        "target_s": 3.0,
+        "gwc_validate_s": {"runs": validate_s, "min": min(validate_s), "median": statistics.median(validate_s)},
+        "gwc_build_s": {"runs": build_s, "min": min(build_s), "median": statistics.median(build_s)},
+        "nginx_t_s": {"runs": nginx_t, "min": min(nginx_t), "median": statistics.median(nginx_t)},
+        "python_startup_and_imports_s": min(startup),
+        "stages_s": stages,
+    }
+    if st.profile:
+        RESULTS.mkdir(exist_ok=True)
+        result["profile"] = _profile(spec_path, port, RESULTS / "compile-profile.txt")
+    return result
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def _cmd_output(cmd: List[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (proc.stdout + proc.stderr).strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    from gwc import __version__ as gwc_version
+
+    commit = _cmd_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = bool(_cmd_output(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]))
+    return {
+        "nginx": _cmd_output([nginx_binary() or "nginx", "-v"]).replace("nginx version: ", ""),
+        "wrk": _cmd_output(["wrk", "-v"]).splitlines()[0].split(" Copyright")[0] if shutil.which("wrk") else "missing",
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "gwc": gwc_version,
+        "git_commit": commit + (" (tracked files modified)" if dirty else ""),
+    }
+
+
+def _f(v: Optional[float], digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    env, st = report["environment"], report["settings"]
+    lines = [
+        "# gwc benchmark results",
+        "",
+        f"- command: `{report['command']}`",
+        f"- date: {report['date']}",
+        f"- machine: {env['cores']} cores ({env['cpu_model']}), Linux {env['kernel']}",
+        f"- nginx {env['nginx']}; {env['wrk']}; Python {env['python']}; gwc {env['gwc']} at {env['git_commit']}",
+        f"- CPU: `wrk -t1 -c{st['connections']} -d{st['secs']}s` (keep-alive), {st['rounds']} interleaved rounds "
+        "(order reversed every other round); gateway CPU = Δ first field of the single worker's `/proc/<pid>/schedstat` ÷ requests completed; median over rounds.",
+        f"- latency: paced client, one keep-alive connection, {st['latency_rate']} req/s for {st['latency_secs']} s × {st['latency_rounds']} round(s), "
+        "response time from send (perf_counter_ns), client overhead included equally for every case.",
+        "- `gwc` = the output of `gwc build` unchanged (buffered JSON access_log). "
+        f"`{LOG_OFF_LABEL}` = the same output with only its `access_log` line replaced by `access_log off;` in the bench's copy, to compare routing cost alone.",
+        "",
+    ]
+    sc = report["scenarios"]
+    if "one-route" in sc:
+        r = sc["one-route"]
+        lines += [
+            "## one-route: `/pets/{petId}`, request `/pets/42`",
+            "",
+            "| case | CPU µs/req (median) | min–max | ratio vs bare | req/s (median) | unexpected responses |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for c in r["cases"].values():
+            lines.append(
+                f"| {c['label']} | {_f(c['cpu_us_per_req_median'])} | {_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | "
+                f"{_f(c['ratio_vs_bare'], 3)} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
+            )
+        lines += ["", _latency_table(r["latency"]), ""]
+    if "many-routes" in sc:
+        r = sc["many-routes"]
+        s = r["spec"]
+        lines += [
+            f"## many-routes: {s['paths']} paths, {s['operations']} operations, {s['routes']} routes (gwc build {s['build_s']:.2f} s)",
+            "",
+            "Route rank is the position in the generated route order (precedence). "
+            "\"vs one-route\" compares with the one-route gwc config of the same variant, measured in the same rounds (target: within 5%).",
+            "",
+            "| case | path | route | CPU µs/req (median) | min–max | ratio vs bare | vs one-route | within 5% | req/s | unexpected |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | :---: | ---: | ---: |",
+        ]
+        for key, c in r["cases"].items():
+            vs_one = c.get("ratio_vs_one_route")
+            within = "" if vs_one is None or key.endswith("/one-route") else ("yes" if abs(vs_one - 1) <= 0.05 else "**no**")
+            lines.append(
+                f"| {c['label']} | `{c['path']}` | {c['note'] or '–'} | {_f(c['cpu_us_per_req_median'])} | "
+                f"{_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | {_f(c['ratio_vs_bare'], 3)} | "
+                f"{_f(vs_one, 3)} | {within} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
+            )
+        lines += [
+            "",
+            "A 404 is answered by the gateway itself (problem+json from Lua, no upstream), so its ratio vs bare compares unlike work; read its absolute CPU.",
+            "",
+            _latency_table(r["latency"]),
+            "",
+        ]
+    if "compile" in sc:
+        r = sc["compile"]
+        s = r["spec"]
+        b, v, t = r["gwc_build_s"], r["gwc_validate_s"], r["nginx_t_s"]
+        lines += [
+            f"## compile: GitHub-size spec ({s['paths']} paths, {s['operations']} operations, "
+            f"{s['under_repos_owner_repo']} paths under `/repos/{{owner}}/{{repo}}/`, {s['yaml_bytes'] // 1024} KiB YAML)",
+            "",
+            "| command | runs | min s | median s | target |",
+            "| --- | ---: | ---: | ---: | --- |",
+            f"| `gwc build` | {len(b['runs'])} | {b['min']:.2f} | {b['median']:.2f} | < {r['target_s']:.0f} s: {'yes' if b['median'] < r['target_s'] else '**no**'} |",
+            f"| `gwc validate` | {len(v['runs'])} | {v['min']:.2f} | {v['median']:.2f} | |",
+            f"| `nginx -t` on the output | {len(t['runs'])} | {t['min']:.3f} | {t['median']:.3f} | |",
+            "",
+            "In-process stage times of one build (wall, seconds):",
+            "",
+            "| stage | s |",
+            "| --- | ---: |",
+            f"| Python start + imports (gwc, openapi-spec-validator) | {r['python_startup_and_imports_s']:.2f} |",
+        ]
+        for name, secs in r["stages_s"].items():
+            lines.append(f"| {name} | {secs:.3f} |")
+        if "profile" in r:
+            lines += ["", f"cProfile of one in-process build: `{r['profile']['profile_file']}`."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _latency_table(lat: Dict[str, dict]) -> str:
+    rows = [
+        "| latency case | path | samples | p50 µs | p90 µs | p99 µs | max µs | p99 from schedule µs | late sends | statuses |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for label, s in lat.items():
+        rows.append(
+            f"| {label} | `{s['path']}` | {s['samples']} | {_f(s['p50_us'], 0)} | {_f(s['p90_us'], 0)} | {_f(s['p99_us'], 0)} | "
+            f"{_f(s['max_us'], 0)} | {_f(s['p99_from_schedule_us'], 0)} | {s['late_sends']} | "
+            + ", ".join(f"{k}: {n}" for k, n in s["statuses"].items())
+            + " |"
+        )
+    return "\n".join(rows)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenarios", nargs="*", default=["all"], help=f"any of {', '.join(SCENARIOS)}, or all (default)")
+    p.add_argument("--quick", action="store_true", help="short runs (whole suite under 2 minutes); figures are noisier")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 2)")
+    p.add_argument("--secs", type=int, help="seconds per wrk run (default 3, quick 1)")
+    p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    p.add_argument("--rate", type=int, default=1000, help="paced client requests per second (default 1000)")
+    p.add_argument("--latency-secs", type=float, help="seconds per paced run (default 3, quick 1)")
+    p.add_argument("--compile-runs", type=int, help="runs of gwc build/validate (default 3, quick 2)")
+    p.add_argument("--profile", action="store_true", help="also cProfile one build into bench/results/compile-profile.txt")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (configs, logs) for inspection")
+    p.add_argument("--out", default=str(RESULTS), help="results directory (default bench/results)")
+    args = p.parse_args(argv)
+    chosen = []
+    for s in args.scenarios:
+        if s == "all":
+            chosen = list(SCENARIOS)
+            break
+        if s not in SCENARIOS:
+            p.error(f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)} or all")
+        if s not in chosen:
+            chosen.append(s)
+    args.chosen = chosen
+    return args
+
+
+def preflight(chosen: List[str]) -> None:
+    if not nginx_binary():
+        raise SystemExit("bench: no nginx with the Lua module found (see scripts/install-runtime)")
+    if any(s != "compile" for s in chosen):
+        if not shutil.which("wrk"):
+            raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
+        if not Path("/proc/self/schedstat").exists():
+            raise SystemExit("bench: /proc/<pid>/schedstat is not available (kernel without schedstats)")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    preflight(args.chosen)
+    st = settings_from(args)
+    command = "python bench/run.py " + shlex.join(argv) if argv else "python bench/run.py"
+    report = {
+        "command": command.strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "environment": environment(),
+        "settings": {k: v for k, v in vars(st).items() if k not in ("keep_tmp",)},
+        "scenarios": {},
+    }
+    runners = {"one-route": scenario_one_route, "many-routes": scenario_many_routes, "compile": scenario_compile}
+    tmp = tempfile.mkdtemp(prefix="gwc-bench-")
+    started = time.monotonic()
+    try:
+        for name in args.chosen:
+            log(f"scenario {name}")
+            base = Path(tmp) / name
+            base.mkdir()
+            report["scenarios"][name] = runners[name](base, st)
+    finally:
+        if args.keep_tmp:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    text = markdown(report) + f"\nTotal bench time: {report['elapsed_s']} s.\n"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.md").write_text(text)
+    (out / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(text)
+    log(f"wrote {out / 'latest.md'} and {out / 'latest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
