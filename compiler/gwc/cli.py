@@ -16,6 +16,7 @@ from . import diagnostics as diag_mod
 from . import pipeline, runtime
 from .diagnostics import Diagnostic
 from .render import DEFAULT_INSTALL_DIR, RenderOptions, write_output
+from .verify import verify
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
 
@@ -107,11 +108,9 @@ def check(out_dir: str) -> None:
         for t in tried:
             click.echo(f"  tried: {t}", err=True)
         sys.exit(EXIT_RUNTIME)
-    ok, output = runtime.nginx_test(rt, Path(out_dir))
-    if output:
-        click.echo(output, err=True)
-    if not ok:
-        click.echo(f"{out_dir}: error[GW060]: nginx -t failed ({rt.description})", err=True)
+    problems = verify(Path(out_dir), rt)
+    if problems:
+        _report(problems, "text")
         sys.exit(EXIT_INVALID)
     click.echo(f"{out_dir}: configuration ok ({rt.description})", err=True)
 
