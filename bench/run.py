@@ -356,12 +356,12 @@ def latency(servers: List[Tuple[str, Server, str]], st: Settings) -> Dict[str, d
     return out
 
 
-def verify_operations(server: Server, expected: List[Tuple[str, str]], deadline_s: float = 6.0) -> None:
+def verify_operations(server: Server, expected: List[Tuple[str, str, int]], deadline_s: float = 6.0) -> None:
     """Send each path once and confirm, from the JSON access log, that the
-    gateway chose the expected operation ("" for none). The log is buffered
-    with flush=1s, so this polls with a deadline."""
+    gateway chose the expected operation ("" for none) and status. The log is
+    buffered with flush=1s, so this polls with a deadline."""
     marker = f"verify-{time.time_ns()}"
-    for path, _ in expected:
+    for path, _, _ in expected:
         req = urllib.request.Request(server.url(path), headers={"User-Agent": marker})
         try:
             urllib.request.urlopen(req, timeout=5).read()
@@ -369,7 +369,7 @@ def verify_operations(server: Server, expected: List[Tuple[str, str]], deadline_
             pass
     log_path = server.nginx.prefix / "logs" / "access.log"
     end = time.monotonic() + deadline_s
-    seen: Dict[str, str] = {}
+    seen: Dict[str, Tuple[str, int]] = {}
     while time.monotonic() < end:
         seen = {}
         if log_path.exists():
@@ -379,13 +379,16 @@ def verify_operations(server: Server, expected: List[Tuple[str, str]], deadline_
                 except ValueError:
                     continue
                 if entry.get("user_agent") == marker:
-                    seen[entry["uri"]] = entry.get("operation", "")
+                    seen[entry["uri"]] = (entry.get("operation", ""), entry.get("status"))
         if len(seen) >= len(expected):
             break
         time.sleep(0.1)
-    for path, op in expected:
-        if seen.get(path) != op:
-            raise RuntimeError(f"{server.label}: {path} was routed to {seen.get(path)!r}, expected {op!r}")
+    for path, op, status in expected:
+        if seen.get(path) != (op, status):
+            raise RuntimeError(
+                f"{server.label}: {path} gave (operation, status) {seen.get(path)!r}, expected {(op, status)!r}; "
+                f"see {server.nginx.error_log}"
+            )
 
 
 # --- scenarios ----------------------------------------------------------------------------
@@ -396,7 +399,7 @@ def scenario_one_route(base: Path, st: Settings) -> dict:
         backend = start_backend(stack, base)
         bare = start_bare(stack, base, backend.port)
         gw = start_gwc(stack, base, "one-route", specs.one_route(backend.port))
-        verify_operations(gw.logged, [("/pets/42", "getPet")])
+        verify_operations(gw.logged, [("/pets/42", "getPet", 200)])
         cases = [
             Case("bare", "bare proxy_pass", bare, "/pets/42"),
             Case("gwc", "gwc (as generated, JSON access_log)", gw.logged, "/pets/42"),
@@ -429,9 +432,9 @@ def scenario_many_routes(base: Path, st: Settings) -> dict:
             route = routes[index]
             targets.append((name, index + 1, route["path"], specs.concrete_path(route["path"]), ops[route["methods"]["GET"] - 1]["id"]))
         verify_operations(
-            many.logged, [(path, op) for _, _, _, path, op in targets] + [(specs.MISSING_PATH, "")]
+            many.logged, [(path, op, 200) for _, _, _, path, op in targets] + [(specs.MISSING_PATH, "", 404)]
         )
-        verify_operations(one.logged, [("/pets/42", "getPet")])
+        verify_operations(one.logged, [("/pets/42", "getPet", 200)])
 
         cases = [Case("bare", "bare proxy_pass", bare, "/pets/42")]
         for variant, suffix, pair, ref in (("gwc", "", many, one), ("gwc_log_off", f", {LOG_OFF_LABEL}", many, one)):
@@ -752,6 +755,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     runners = {"one-route": scenario_one_route, "many-routes": scenario_many_routes, "compile": scenario_compile}
     tmp = tempfile.mkdtemp(prefix="gwc-bench-")
+    # When the bench runs as root, nginx workers run as an unprivileged user
+    # and must be able to read the Lua modules they require lazily.
+    os.chmod(tmp, 0o755)
     started = time.monotonic()
     try:
         for name in args.chosen:

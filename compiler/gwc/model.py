@@ -429,7 +429,7 @@ def parse_listen(raw: Any):
         ipv6 = False
         if host == "*":
             host = ""
-        elif not _is_ipv4(host) and not _HOSTNAME.match(host):
+        elif not _is_host(host):
             return "not an IPv4 address or host name"
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         return "port must be 1-65535"
@@ -442,6 +442,13 @@ def _is_ipv4(host: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _is_host(host: str) -> bool:
+    """An IPv4 address or a DNS name; all-numeric names must be valid IPv4."""
+    if re.fullmatch(r"[0-9.]+", host):
+        return _is_ipv4(host)
+    return bool(_HOSTNAME.match(host))
 
 
 def parse_server_url(raw: Any):
@@ -469,7 +476,7 @@ def parse_server_url(raw: Any):
         except ValueError:
             return "invalid IPv6 address"
         ipv6 = True
-    elif not _is_ipv4(host) and not _HOSTNAME.match(host):
+    elif not _is_host(host):
         return f"invalid host {host!r}"
     if port is None:
         port = 443 if parts.scheme == "https" else 80
