@@ -62,14 +62,34 @@ def test_check_reports_a_broken_output(repo_root, tmp_path):
     assert "GW060" in proc.stderr and "routes.json" in proc.stderr
 
 
-def test_check_without_runtime_says_how_to_install(repo_root, tmp_path):
+def test_check_without_runtime_says_how_to_install(repo_root, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from gwc import cli, runtime
+
     assert run("build", str(repo_root / "examples/petstore/api.yaml"), "-o", str(tmp_path / "out")).returncode == 0
-    env = dict(os.environ, PATH=str(tmp_path), GWC_NGINX=str(tmp_path / "missing"), DOCKER_HOST="unix:///nonexistent.sock")
-    proc = run("check", str(tmp_path / "out"), env=env)
-    if os.path.exists("/usr/sbin/nginx"):
-        pytest.skip("/usr/sbin/nginx is found even without PATH; the message path is covered by runtime.detect's order")
-    assert proc.returncode == 3
-    assert "install-runtime" in proc.stderr
+    monkeypatch.setattr(runtime, "detect", lambda allow_docker=True: (None, ["nginx: not found"]))
+    result = CliRunner().invoke(cli.cli, ["check", str(tmp_path / "out")])
+    assert result.exit_code == 3
+    assert "scripts/install-runtime" in result.output and "tried: nginx: not found" in result.output
+
+
+def test_runtime_detection_order(monkeypatch):
+    from gwc import runtime
+
+    seen = []
+
+    def fake_native(binary):
+        seen.append(binary)
+        return runtime.Runtime("native", binary, "openresty", binary) if binary == "/opt/openresty" else None
+
+    monkeypatch.setattr(runtime, "_native", fake_native)
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: f"/opt/{name}")
+    monkeypatch.setenv("GWC_NGINX", "/custom/nginx")
+    rt, tried = runtime.detect(allow_docker=False)
+    assert seen == ["/custom/nginx", "/opt/openresty"]
+    assert rt.binary == "/opt/openresty"
+    assert tried[0].startswith("$GWC_NGINX=/custom/nginx")
 
 
 @pytest.mark.live
