@@ -159,9 +159,12 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
 
     # Two routes of equal precedence that can match one request would make the
     # winner depend on declaration order, so they are an error.
+    # Equal precedence means equal segment kinds, so literal segments must also
+    # be equal text to overlap: bucketing on them keeps this near-linear.
     groups: Dict[tuple, List[Route]] = defaultdict(list)
     for r in routes:
-        groups[r.template.precedence()].append(r)
+        literals = tuple(s.parts[0] if s.kind == LITERAL else None for s in r.template.segments)
+        groups[(r.template.precedence(), literals)].append(r)
     for group in groups.values():
         for a_i in range(len(group)):
             for b_i in range(a_i + 1, len(group)):

@@ -101,7 +101,8 @@ EXPECT_KEYS = {
     "problem",
     "error_log",
 }
-REQUEST_KEYS = {"method", "path", "headers", "body", "pad", "version", "raw_headers"}
+REQUEST_KEYS = {"method", "path", "headers", "body", "version", "raw_headers"}
+_PAD = re.compile(r"__PAD_([0-9]{1,6})__")
 
 
 # --------------------------------------------------------------------------- cases
@@ -132,7 +133,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:70]
+    return re.sub(r"[^A-Za-z0-9/._%{}+\\]+", "-", text).strip("-")[:80]
 
 
 def load_cases(cases_dir: Path = CASES_DIR) -> List[Case]:
@@ -249,10 +250,11 @@ def unexpected_log_lines(text: str, allowed: List[Tuple[str, str]]) -> List[str]
 
 
 def _subst(value: Any, placeholders: Dict[str, str]) -> Any:
+    """Fill in ports, and expand __PAD_<n>__ to n letters (for over-long requests)."""
     if isinstance(value, str):
         for k, v in placeholders.items():
             value = value.replace(k, v)
-        return value
+        return _PAD.sub(lambda m: "a" * int(m.group(1)), value)
     if isinstance(value, list):
         return [_subst(v, placeholders) for v in value]
     if isinstance(value, dict):
@@ -261,11 +263,7 @@ def _subst(value: Any, placeholders: Dict[str, str]) -> Any:
 
 
 def request_target(req: Dict[str, Any]) -> str:
-    path = req["path"]
-    pad = req.get("pad")
-    if pad:
-        path += pad["char"] * int(pad["count"])
-    return path
+    return req["path"]
 
 
 def build_request(req: Dict[str, Any]) -> bytes:
@@ -303,6 +301,11 @@ class Result:
         """The echo backend's description of the request it received, if a backend answered."""
         data = self.json
         if isinstance(data, dict) and data.get("backend") in BACKEND_NAMES and "path" in data:
+            # http.server decodes the request line as latin-1; undo that for UTF-8 bytes.
+            try:
+                data["path"] = data["path"].encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                pass
             return data
         return None
 
@@ -506,3 +509,60 @@ def admin_isolation(case: Case, result: Result, aliases: Dict[str, str]) -> List
 
 
 INVARIANTS = {"admin_isolation": admin_isolation}
+
+
+# --------------------------------------------------------------------------- pools
+
+
+class GatewayPool:
+    """Builds and starts one gateway per spec variant on first use; stops them all at the end.
+
+    `launch(out_dir, port)` starts the runtime and returns an object with
+    `stop()`; `target` is passed to `gwc build --target`.
+    """
+
+    def __init__(self, work_dir: Path, backends: Dict[str, int], closed_port: int, target: str, launch, free_port):
+        self.work_dir = work_dir
+        self.backends = backends
+        self.closed_port = closed_port
+        self.target = target
+        self.launch = launch
+        self.free_port = free_port
+        self.gateways: Dict[str, Gateway] = {}
+        self.runners: List[Any] = []
+        self.failures: Dict[str, str] = {}
+
+    def get(self, spec: str) -> Gateway:
+        if spec in self.failures:
+            pytest.fail(f"gateway {spec!r} could not start: {self.failures[spec]}", pytrace=False)
+        if spec not in self.gateways:
+            try:
+                self.gateways[spec] = self._start(spec)
+            except Exception as exc:  # report once per spec, fail each dependent case
+                self.failures[spec] = str(exc)
+                raise
+        return self.gateways[spec]
+
+    def _start(self, spec: str) -> Gateway:
+        placeholders = {
+            "__BACKEND_A__": str(self.backends["A"]),
+            "__BACKEND_B__": str(self.backends["B"]),
+            "__CLOSED_PORT__": str(self.closed_port),
+        }
+        port = self.free_port()
+        spec_file = render_spec(spec, placeholders, self.work_dir / "specs")
+        out_dir = self.work_dir / "out" / spec
+        gwc_build(spec_file, out_dir, f"127.0.0.1:{port}", self.target)
+        runner = self.launch(out_dir, port)
+        self.runners.append(runner)
+        return Gateway(spec, port, out_dir, {**placeholders, "__GATEWAY__": str(port)}, out_dir / "logs" / "error.log")
+
+    def close(self) -> List[str]:
+        """Stop every runtime; return the error-log lines no case accounted for."""
+        for runner in reversed(self.runners):
+            runner.stop()
+        problems = []
+        for gw in self.gateways.values():
+            for line in unexpected_log_lines(gw.log_since(0), gw.allowed_errors):
+                problems.append(f"{gw.spec}: {line}")
+        return problems

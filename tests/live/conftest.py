@@ -1,0 +1,43 @@
+"""Session fixtures for the live suite: echo backends and one real nginx per spec.
+
+Each spec in specs/ is a template: the backend ports are filled in, it is
+compiled with `gwc build` (the real command line), and served by nginx on a
+free loopback port. After the session every error log must be free of
+`[error]`-or-worse lines that no case declared, and of any Lua error.
+"""
+from __future__ import annotations
+
+import pytest
+
+import harness
+from gwc import runtime
+from support.processes import Nginx, echo_backend, free_port
+
+
+@pytest.fixture(scope="session")
+def backends():
+    with echo_backend("A") as port_a, echo_backend("B") as port_b:
+        yield {"A": port_a, "B": port_b}
+
+
+class _NativeRunner:
+    def __init__(self, out_dir, port):
+        self.nginx = Nginx(out_dir).start([port])
+
+    def stop(self):
+        self.nginx.stop()
+
+
+@pytest.fixture(scope="session")
+def gateways(backends, tmp_path_factory):
+    rt, tried = runtime.detect(allow_docker=False)
+    if rt is None:
+        pytest.skip("no nginx with the Lua module: " + "; ".join(tried))
+    # A port nothing listens on, for the 502 case.
+    pool = harness.GatewayPool(
+        tmp_path_factory.mktemp("live"), backends, free_port(), rt.target, _NativeRunner, free_port
+    )
+    yield pool
+    problems = pool.close()
+    if problems:
+        pytest.fail("unexpected lines in the nginx error logs:\n" + "\n".join(problems), pytrace=False)
