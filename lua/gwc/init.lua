@@ -2,6 +2,10 @@
 -- workers inherit it read-only and nothing is parsed per request.
 local cjson = require "cjson.safe"
 local router = require "gwc.router"
+-- Loaded here, in the master, so workers share the compiled code and a
+-- missing or broken module stops the start instead of failing a request.
+require "gwc.problem"
+require "gwc.mock"
 
 local error = error
 local io_open = io.open

@@ -7,6 +7,11 @@ free loopback port. After the session every error log must be free of
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 import harness
@@ -29,14 +34,25 @@ class _NativeRunner:
 
 
 @pytest.fixture(scope="session")
-def gateways(backends, tmp_path_factory):
+def work_dir():
+    """A world-readable scratch directory.
+
+    When the suite runs as root, nginx workers run as `nobody` and must read
+    DIR/lua; pytest's tmp_path directories are 0700, so they cannot.
+    """
+    path = Path(tempfile.mkdtemp(prefix="gwc-live-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def gateways(backends, work_dir):
     rt, tried = runtime.detect(allow_docker=False)
     if rt is None:
         pytest.skip("no nginx with the Lua module: " + "; ".join(tried))
-    # A port nothing listens on, for the 502 case.
-    pool = harness.GatewayPool(
-        tmp_path_factory.mktemp("live"), backends, free_port(), rt.target, _NativeRunner, free_port
-    )
+    # free_port() for __CLOSED_PORT__: a port nothing listens on, for the 502 case.
+    pool = harness.GatewayPool(work_dir, backends, free_port(), rt.target, _NativeRunner, free_port)
     yield pool
     problems = pool.close()
     if problems:
