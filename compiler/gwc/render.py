@@ -118,7 +118,7 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
     files["conf.d/gateway.conf"] = env.get_template("conf.d.gateway.conf.j2").render(
         **common,
         lua_root=f"{install_dir}/lua",
-        access_log="/var/log/nginx/gwc-access.log",
+        access_log=f"{install_dir}/logs/access.log",
         access_log_buffered=True,
     ).encode("utf-8")
     files["lua/gwc/data/routes.json"] = _json_bytes(plan.route_data())
