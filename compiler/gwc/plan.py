@@ -7,6 +7,7 @@ nginx finds in its static location tree.
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -84,8 +85,6 @@ class Plan:
 
 def _rewrite_parts(op: Operation) -> list:
     """The rewrite template as literal strings and 1-based capture indexes."""
-    import re
-
     params = op.template.params
     parts: list = []
     pos = 0

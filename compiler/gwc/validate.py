@@ -17,6 +17,7 @@ from .diagnostics import Diagnostic, escape_pointer_token
 from .load import Document, LoadError, SourceFile, walk_refs
 from .paths import TemplateError, parse_template
 from .resources import SCHEMA_BASE, schemas
+from .schema_defaults import resolved_anywhere
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _OPENAPI_VERSION = re.compile(r"^3\.(0|1)\.\d+$")
@@ -160,8 +161,6 @@ def _suggest(key: str, value: Any, err: ValidationError, validator: Draft202012V
 
 
 def _declared_type(schema: dict) -> Any:
-    from .schema_defaults import resolved_anywhere
-
     return resolved_anywhere(schema).get("type")
 
 

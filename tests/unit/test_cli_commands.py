@@ -1,6 +1,5 @@
 """The CLI commands a user runs: build, check, run (foreground, Ctrl-C), validate."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from support.processes import Nginx, echo_backend, free_port, raw_request
 
