@@ -148,9 +148,17 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def echo_backend(name: str = "echo", port: Optional[int] = None) -> Iterator[int]:
-    """A threaded HTTP server on loopback that echoes requests as JSON. Yields its port."""
+def echo_backend(name: str = "echo", port: Optional[int] = None, tls: Optional[Tuple[str, str]] = None) -> Iterator[int]:
+    """A threaded HTTP(S) server on loopback that echoes requests as JSON. Yields its port.
+
+    tls: (certificate chain PEM path, private key PEM path) to serve HTTPS."""
     server = ThreadingHTTPServer(("127.0.0.1", port or 0), _EchoHandler)
+    if tls is not None:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     server.name = name  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -160,6 +168,41 @@ def echo_backend(name: str = "echo", port: Optional[int] = None) -> Iterator[int
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def dropping_backend() -> Iterator[int]:
+    """Accepts a connection, reads the request, then closes without answering:
+    the request has reached the server, so retrying it could repeat its effect."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    received = []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    received.append(conn.recv(65536))
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
 
 
 def raw_request(port: int, request: bytes, host: str = "127.0.0.1", deadline_s: float = 10.0) -> Tuple[int, dict, bytes]:
