@@ -17,7 +17,10 @@ A case file (cases/*.yaml) looks like:
 
 `path` is sent byte for byte (UTF-8), with no client-side normalisation.
 `__BACKEND_A__`, `__BACKEND_B__` and `__GATEWAY__` in requests and
-expectations are replaced by the ports of this run.
+expectations are replaced by the ports of this run; `__PAD_<n>__` by n
+letters (over-long URIs, headers and bodies). `backend: none` means no echo
+backend answered (no `X-Backend` header, no echo body). `error_log: text`
+declares an `[error]` line the request is expected to log (502, 504, 413).
 
 Checks applied to every case, whatever it expects:
 - the response carries `X-Request-Id` (32 hex digits);
@@ -102,7 +105,7 @@ EXPECT_KEYS = {
     "error_log",
 }
 REQUEST_KEYS = {"method", "path", "headers", "body", "version", "raw_headers"}
-_PAD = re.compile(r"__PAD_([0-9]{1,6})__")
+_PAD = re.compile(r"__PAD_([0-9]{1,7})__")
 
 
 # --------------------------------------------------------------------------- cases
