@@ -40,7 +40,7 @@ sys.path.insert(0, str(BENCH))
 
 import paced  # noqa: E402
 import specs  # noqa: E402
-from support.processes import Nginx, free_port, nginx_binary, wait_for_port  # noqa: E402
+from support.processes import Nginx, free_port, nginx_binary  # noqa: E402  (Nginx.start waits with wait_for_port)
 
 SCENARIOS = ("one-route", "many-routes", "compile")
 WRK_SCRIPT = BENCH / "wrk_report.lua"

@@ -21,7 +21,7 @@ ALLOWED = {
     "proxy_hide_header", "proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout", "proxy_next_upstream",
     "proxy_next_upstream_tries", "proxy_next_upstream_timeout", "proxy_ssl_server_name", "proxy_ssl_name",
     "proxy_ssl_session_reuse", "proxy_ssl_verify", "proxy_ssl_verify_depth", "proxy_ssl_trusted_certificate",
-    "content_by_lua_block",
+    "content_by_lua_block", "init_worker_by_lua_block", "map",
 }
 
 
@@ -45,8 +45,12 @@ def find(block, name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_only_known_directives(name):
     tree = parse(expected_dir(name) / "nginx.conf")
-    unknown = {d["directive"] for d, _ in walk(tree)} - ALLOWED
+    # Entries inside a map block are source/value pairs, not directives.
+    unknown = {d["directive"] for d, parents in walk(tree) if not (parents and parents[-1]["directive"] == "map")} - ALLOWED
     assert not unknown
+    for m in find(tree, "map"):
+        assert m["args"] == ["$gw_rid", "$gw_request_id"]
+        assert [(e["directive"], e["args"]) for e in m["block"]] == [("", ["$request_id"]), ("default", ["$gw_rid"])]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -5,12 +5,16 @@
 local ngx = ngx
 local var = ngx.var
 local get_method = ngx.req.get_method
-local escape_uri = ngx.escape_uri
 local find = string.find
 local sub = string.sub
 local match = string.match
 local concat = table.concat
 local type = type
+local char = string.char
+local byte = string.byte
+local format = string.format
+local gsub = string.gsub
+local tohex = require("bit").tohex
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -23,7 +27,10 @@ local segs = {}
 local caps = {}
 local greedy_caps = {}
 local rewrite_buf = {}
-local greedy_route, greedy_ncap
+local greedy_route
+local request_id_prefix = "000000000000000000000000"
+local next_request = 0
+local REQUEST_ID_WRAP = 4294967296 -- bit.tohex keeps 32 bits
 
 local function split(path)
     local n, pos = 0, 2
@@ -94,58 +101,98 @@ local function walk(node, i, n, ncap)
                 greedy_caps[j] = caps[j]
             end
             greedy_caps[ncap + 1] = rest
-            greedy_ncap = ncap + 1
         end
     end
     return nil
 end
 
+-- Returns the route index and the captures table for the first n segments,
+-- and whether the match is a greedy one.
 local function find_route(n)
     greedy_route = nil
     local r = walk(tree, 1, n, 0)
     if r then
-        return r, caps
+        return r, caps, false
     end
     if greedy_route then
-        return greedy_route, greedy_caps
+        return greedy_route, greedy_caps, true
     end
     return nil
 end
 
+-- A backslash is always refused: some backends treat it as "/", and it has
+-- no legitimate use in an API path. %2F is refused unless decoding is on.
 local function has_encoded_slash(raw)
     if not find(raw, "%", 1, true) and not find(raw, "\\", 1, true) then
         return false
     end
     local query = find(raw, "?", 1, true)
     local path = query and sub(raw, 1, query - 1) or raw
-    return find(path, "%%2[fF]") or find(path, "%%5[cC]") or find(path, "\\", 1, true)
+    if find(path, "%%5[cC]") or find(path, "\\", 1, true) then
+        return true
+    end
+    return reject_encoded_slashes and find(path, "%%2[fF]")
 end
 
--- Returns the name of the internal location to jump to. Error outcomes are
--- "e400", "e404" and "e405"; the reason is left in $gw_problem.
-function _M.route()
-    if reject_encoded_slashes and has_encoded_slash(var.request_uri) then
-        var.gw_problem = "encoded_slash"
-        return "e400"
-    end
+-- Characters a decoded path may hold that are not allowed raw in a request
+-- target: everything outside unreserved, sub-delims, ":", "@" and "/".
+local UNSAFE = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/]"
+local HEX = {}
+for byte = 0, 255 do
+    HEX[char(byte)] = format("%%%02X", byte)
+end
 
-    local path = var.uri
+local function escape_path(path)
+    if not find(path, UNSAFE) then
+        return path
+    end
+    return (gsub(path, UNSAFE, HEX))
+end
+
+-- Strips the base path and matches. Returns route index, captures and the
+-- path to forward, or nil.
+local function resolve(uri)
+    local path = uri
     if base_len > 0 then
         if path == base_path then
             path = "/"
         elseif sub(path, 1, base_len + 1) == base_prefix then
             path = sub(path, base_len + 1)
         else
-            return "e404"
+            return nil
         end
     end
-
     local n = split(path)
-    local r, captured = find_route(n)
-    if not r and ignore_trailing_slash and n > 1 and segs[n] == "" then
-        path = sub(path, 1, -2)
-        r, captured = find_route(n - 1)
+    local r, captured, greedy = find_route(n)
+    -- With trailing_slash: ignore, only an exact (non-greedy) match may keep
+    -- the slash; otherwise the slash goes before matching and forwarding.
+    if ignore_trailing_slash and n > 1 and segs[n] == "" and (not r or greedy) then
+        local r2, captured2 = find_route(n - 1)
+        if r2 then
+            return r2, captured2, sub(path, 1, -2)
+        end
     end
+    if not r then
+        return nil
+    end
+    return r, captured, path
+end
+
+-- Returns the name of the internal location to jump to. Error outcomes are
+-- "e400", "e404" and "e405"; the reason is left in $gw_problem.
+function _M.route()
+    var.gw_rid = request_id_prefix .. tohex(next_request, 8)
+    next_request = next_request + 1
+    if next_request == REQUEST_ID_WRAP then
+        _M.new_request_id_prefix()
+    end
+
+    if has_encoded_slash(var.request_uri) then
+        var.gw_problem = "encoded_slash"
+        return "e400"
+    end
+
+    local r, captured, path = resolve(var.uri)
     if not r then
         return "e404"
     end
@@ -172,22 +219,50 @@ function _M.route()
         for j = 1, count do
             local part = rewrite[j]
             if type(part) == "number" then
-                rewrite_buf[j] = escape_uri(captured[part], 0)
+                rewrite_buf[j] = escape_path(captured[part])
             else
                 rewrite_buf[j] = part
             end
         end
         target = concat(rewrite_buf, "", 1, count)
     else
-        target = escape_uri(path, 0)
+        target = escape_path(path)
     end
     local args = var.args
-    if args then
+    if args and args ~= "" then
         target = target .. "?" .. args
     end
     var.gw_upstream_uri = target
     return op.loc
 end
+
+-- The Allow list for a path, for 405s that nginx raises before routing
+-- (TRACE, for one). Not on the hot path.
+function _M.allowed_methods(uri)
+    local r = resolve(uri)
+    return r and routes[r].allow or nil
+end
+
+local function hex_byte(c)
+    return format("%02x", byte(c))
+end
+
+-- Request ids are a random 96-bit per-worker prefix plus a counter: unique
+-- without a CSPRNG call per request. They correlate logs; they are not secrets.
+function _M.new_request_id_prefix()
+    local file = io.open("/dev/urandom", "rb")
+    local bytes = file and file:read(12)
+    if file then
+        file:close()
+    end
+    if not bytes or #bytes ~= 12 then
+        bytes = format("%012d", ngx.worker.pid()) .. sub(format("%.6f", ngx.now()), -12)
+    end
+    request_id_prefix = sub(gsub(bytes, ".", hex_byte), 1, 24)
+    next_request = 0
+end
+
+_M.init_worker = _M.new_request_id_prefix
 
 function _M.operation(id)
     return ops_by_id and ops_by_id[id]
