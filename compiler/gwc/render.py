@@ -29,6 +29,11 @@ NGINX_LUA_MODULES = (
 REJECTIONS = (400, 404, 405)
 # The one URI the gateway reserves: nginx's error pages need a real URI.
 ERROR_URI = "/_gwc/error"
+# Matched against $request_uri, path part only. \x5c is a backslash.
+ENCODED_SLASH_REGEX = {
+    "reject": r"^[^?]*(%2[fF]|%5[cC]|\x5c)",
+    "decode": r"^[^?]*(%5[cC]|\x5c)",
+}
 DEFAULT_INSTALL_DIR = "/etc/nginx/gwc"
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9._:\[\]/*+-]+$")
 _SAFE_VARIABLE = re.compile(r"^\$[a-z0-9_]+$")
@@ -104,6 +109,7 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
         gwc_version=__version__,
         rejections=REJECTIONS,
         error_uri=ERROR_URI,
+        encoded_slash_regex=ENCODED_SLASH_REGEX[plan.gateway.routing.encoded_slashes],
         install_dir=install_dir,
     )
     files: Dict[str, bytes] = {}

@@ -20,7 +20,7 @@ ALLOWED = {
     "set_by_lua_block", "rewrite", "internal", "proxy_pass", "proxy_http_version", "proxy_set_header",
     "proxy_hide_header", "proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout", "proxy_next_upstream",
     "proxy_next_upstream_tries", "proxy_next_upstream_timeout", "proxy_ssl_server_name", "proxy_ssl_name",
-    "proxy_ssl_session_reuse", "proxy_ssl_verify", "proxy_ssl_verify_depth", "proxy_ssl_trusted_certificate",
+    "if", "return", "pcre_jit", "proxy_ssl_session_reuse", "proxy_ssl_verify", "proxy_ssl_verify_depth", "proxy_ssl_trusted_certificate",
     "content_by_lua_block", "init_worker_by_lua_block", "map",
 }
 
@@ -70,9 +70,13 @@ def test_locations_and_upstreams_are_consistent(name):
         assert ("=", "gw:" + rejection) in locations
     # The only location a client path can reach is the router.
     reachable = [args for args, d in locations.items() if not any(x["directive"] == "internal" for x in d["block"])]
+    assert ("=", "gw:declare") in locations
     assert reachable == [("/",)]
     router = locations[("/",)]["block"]
-    assert [d["directive"] for d in router] == ["set_by_lua_block", "rewrite"]
+    assert [d["directive"] for d in router] == ["if", "set_by_lua_block", "rewrite"]
+    guard = router[0]
+    assert guard["args"][:2] == ["$request_uri", "~"]
+    assert [(d["directive"], d["args"]) for d in guard["block"]] == [("set", ["$gw_problem", "encoded_slash"]), ("return", ["400"])]
     # proxy_pass targets name declared upstream blocks.
     upstreams = {d["args"][0] for d in find(tree, "upstream")}
     for d in find(tree, "proxy_pass"):

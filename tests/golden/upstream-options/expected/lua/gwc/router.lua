@@ -20,10 +20,8 @@ local _M = { _VERSION = "0.1.0" }
 
 local tree, routes, ops, ops_by_id
 local base_path, base_prefix, base_len = "", "/", 0
-local reject_encoded_slashes = true
 local ignore_trailing_slash = false
 
-local segs = {}
 local caps = {}
 local greedy_caps = {}
 local rewrite_buf = {}
@@ -31,35 +29,34 @@ local greedy_route
 local request_id_prefix = "000000000000000000000000"
 local next_request = 0
 local REQUEST_ID_WRAP = 4294967296 -- bit.tohex keeps 32 bits
-
-local function split(path)
-    local n, pos = 0, 2
-    while true do
-        local slash = find(path, "/", pos, true)
-        n = n + 1
-        if not slash then
-            segs[n] = sub(path, pos)
-            return n
-        end
-        segs[n] = sub(path, pos, slash - 1)
-        pos = slash + 1
-    end
-end
+local SLASH = 47
 
 -- Depth-first in precedence order: literal, then mixed segments (most
 -- literal characters first), then a parameter. The first complete match is
 -- the most specific one. Greedy routes are remembered in post-order, so the
 -- deepest and most literal greedy candidate is the one kept.
-local function walk(node, i, n, ncap)
-    if i > n then
+--
+-- pos is where the current segment starts in path, nil past the end. The
+-- walk recurses instead of looping: route() is entered from C once per
+-- request, and LuaJIT abandons a trace that meets an inner loop, which would
+-- leave the whole router interpreted.
+local function walk(node, path, pos, ncap)
+    if not pos then
         return node.route, ncap
     end
-    local seg = segs[i]
+    local slash = find(path, "/", pos, true)
+    local seg, next_pos
+    if slash then
+        seg = sub(path, pos, slash - 1)
+        next_pos = slash + 1
+    else
+        seg = sub(path, pos)
+    end
     local lit = node.lit
     if lit then
         local child = lit[seg]
         if child then
-            local r, nc = walk(child, i + 1, n, ncap)
+            local r, nc = walk(child, path, next_pos, ncap)
             if r then
                 return r, nc
             end
@@ -76,7 +73,7 @@ local function walk(node, i, n, ncap)
                     for j = 1, count do
                         caps[ncap + j] = found[j]
                     end
-                    local r, nc = walk(m.node, i + 1, n, ncap + count)
+                    local r, nc = walk(m.node, path, next_pos, ncap + count)
                     if r then
                         return r, nc
                     end
@@ -86,7 +83,7 @@ local function walk(node, i, n, ncap)
         local param = node.param
         if param then
             caps[ncap + 1] = seg
-            local r, nc = walk(param, i + 1, n, ncap + 1)
+            local r, nc = walk(param, path, next_pos, ncap + 1)
             if r then
                 return r, nc
             end
@@ -94,7 +91,7 @@ local function walk(node, i, n, ncap)
     end
     local greedy = node.greedy
     if greedy and not greedy_route then
-        local rest = concat(segs, "/", i, n)
+        local rest = sub(path, pos)
         if rest ~= "" then
             greedy_route = greedy
             for j = 1, ncap do
@@ -106,11 +103,11 @@ local function walk(node, i, n, ncap)
     return nil
 end
 
--- Returns the route index and the captures table for the first n segments,
--- and whether the match is a greedy one.
-local function find_route(n)
+-- Returns the route index and the captures table, and whether the match is
+-- a greedy one.
+local function find_route(path)
     greedy_route = nil
-    local r = walk(tree, 1, n, 0)
+    local r = walk(tree, path, 2, 0)
     if r then
         return r, caps, false
     end
@@ -118,20 +115,6 @@ local function find_route(n)
         return greedy_route, greedy_caps, true
     end
     return nil
-end
-
--- A backslash is always refused: some backends treat it as "/", and it has
--- no legitimate use in an API path. %2F is refused unless decoding is on.
-local function has_encoded_slash(raw)
-    if not find(raw, "%", 1, true) and not find(raw, "\\", 1, true) then
-        return false
-    end
-    local query = find(raw, "?", 1, true)
-    local path = query and sub(raw, 1, query - 1) or raw
-    if find(path, "%%5[cC]") or find(path, "\\", 1, true) then
-        return true
-    end
-    return reject_encoded_slashes and find(path, "%%2[fF]")
 end
 
 -- Characters a decoded path may hold that are not allowed raw in a request
@@ -162,14 +145,14 @@ local function resolve(uri)
             return nil
         end
     end
-    local n = split(path)
-    local r, captured, greedy = find_route(n)
+    local r, captured, greedy = find_route(path)
     -- With trailing_slash: ignore, only an exact (non-greedy) match may keep
     -- the slash; otherwise the slash goes before matching and forwarding.
-    if ignore_trailing_slash and n > 1 and segs[n] == "" and (not r or greedy) then
-        local r2, captured2 = find_route(n - 1)
+    if ignore_trailing_slash and (not r or greedy) and #path > 1 and byte(path, -1) == SLASH then
+        local stripped = sub(path, 1, -2)
+        local r2, captured2 = find_route(stripped)
         if r2 then
-            return r2, captured2, sub(path, 1, -2)
+            return r2, captured2, stripped
         end
     end
     if not r then
@@ -178,18 +161,14 @@ local function resolve(uri)
     return r, captured, path
 end
 
--- Returns the name of the internal location to jump to. Error outcomes are
--- "e400", "e404" and "e405"; the reason is left in $gw_problem.
+-- Returns the name of the internal location to jump to: an operation's, or
+-- "e404" / "e405". Encoded slashes were refused by the server block already;
+-- nginx appends the query string ($is_args$args) itself.
 function _M.route()
     var.gw_rid = request_id_prefix .. tohex(next_request, 8)
     next_request = next_request + 1
     if next_request == REQUEST_ID_WRAP then
         _M.new_request_id_prefix()
-    end
-
-    if has_encoded_slash(var.request_uri) then
-        var.gw_problem = "encoded_slash"
-        return "e400"
     end
 
     local r, captured, path = resolve(var.uri)
@@ -227,10 +206,6 @@ function _M.route()
         target = concat(rewrite_buf, "", 1, count)
     else
         target = escape_path(path)
-    end
-    local args = var.args
-    if args and args ~= "" then
-        target = target .. "?" .. args
     end
     var.gw_upstream_uri = target
     return op.loc
@@ -281,7 +256,6 @@ function _M.load(data)
     base_path = data.base_path or ""
     base_len = #base_path
     base_prefix = base_path .. "/"
-    reject_encoded_slashes = data.encoded_slashes ~= "decode"
     ignore_trailing_slash = data.trailing_slash == "ignore"
     return true
 end
