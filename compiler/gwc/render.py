@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import jinja2
 
-from . import __version__
+from . import __version__, problems
 from .diagnostics import Diagnostic
 from .plan import Plan
 from .resources import lua_dir, templates_dir
@@ -26,7 +26,6 @@ NGINX_LUA_MODULES = (
     "/usr/lib/nginx/modules/ndk_http_module.so",
     "/usr/lib/nginx/modules/ngx_http_lua_module.so",
 )
-REJECTIONS = (400, 404, 405)
 # The one URI the gateway reserves: nginx's error pages need a real URI.
 ERROR_URI = "/_gwc/error"
 # Matched against $request_uri, path part only. \x5c is a backslash.
@@ -107,7 +106,9 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
         plan=plan,
         target=options.target,
         gwc_version=__version__,
-        rejections=REJECTIONS,
+        problem_body=problems.native_body,
+        problem_details=problems.DETAILS,
+        error_page_statuses=problems.ERROR_PAGE_STATUSES,
         error_uri=ERROR_URI,
         encoded_slash_regex=ENCODED_SLASH_REGEX[plan.gateway.routing.encoded_slashes],
         install_dir=install_dir,
@@ -128,6 +129,7 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
         access_log_buffered=True,
     ).encode("utf-8")
     files["lua/gwc/data/routes.json"] = _json_bytes(plan.route_data())
+    files["lua/gwc/data/problems.json"] = _json_bytes(problems.catalogue())
     root = lua_dir()
     for path in sorted(root.rglob("*.lua")):
         files["lua/" + path.relative_to(root).as_posix()] = path.read_bytes()

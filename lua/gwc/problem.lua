@@ -10,57 +10,33 @@ local sub = string.sub
 local gsub = string.gsub
 local encode = cjson.encode
 local unescape_uri = ngx.unescape_uri
+local pairs = pairs
+local tonumber = tonumber
+local type = type
 
 local _M = { _VERSION = "0.1.0" }
 
-local TITLES = {
-    [400] = "Bad Request",
-    [401] = "Unauthorized",
-    [403] = "Forbidden",
-    [404] = "Not Found",
-    [405] = "Method Not Allowed",
-    [408] = "Request Timeout",
-    [413] = "Content Too Large",
-    [414] = "URI Too Long",
-    [415] = "Unsupported Media Type",
-    [429] = "Too Many Requests",
-    [500] = "Internal Server Error",
-    [411] = "Length Required",
-    [501] = "Not Implemented",
-    [502] = "Bad Gateway",
-    [503] = "Service Unavailable",
-    [504] = "Gateway Timeout",
-    [505] = "HTTP Version Not Supported",
-}
+-- Filled from lua/gwc/data/problems.json (compiler/gwc/problems.py) at init.
+local TITLES, DETAILS, REASONS, SPECIAL = {}, {}, {}, {}
 
-local DETAILS = {
-    [400] = "The request is malformed.",
-    [404] = "No operation matches the request path.",
-    [405] = "The operation does not allow this method.",
-    [408] = "The client did not send the request in time.",
-    [413] = "The request body is larger than the gateway accepts.",
-    [414] = "The request URI is longer than the gateway accepts.",
-    [500] = "The gateway failed to process the request.",
-    [502] = "The upstream could not be reached or sent an invalid response.",
-    [503] = "The upstream is unavailable.",
-    [504] = "The upstream did not respond in time.",
-    [411] = "The request needs a Content-Length.",
-    [501] = "The gateway does not implement this request.",
-    [505] = "The gateway speaks HTTP/1.0 and HTTP/1.1 only.",
-}
+local function by_status(map)
+    local out = {}
+    for k, v in pairs(map or {}) do
+        out[tonumber(k)] = v
+    end
+    return out
+end
 
-local REASONS = {
-    encoded_slash = "A backslash, or an encoded '/' or '\\', is not allowed in the request path.",
-}
-
--- nginx's internal codes for request-header and TLS client-certificate
--- failures, which it reports to clients as 400.
-local SPECIAL = {
-    [494] = { 400, "The request headers are larger than the gateway accepts." },
-    [495] = { 400, "The client certificate could not be verified." },
-    [496] = { 400, "A client certificate is required." },
-    [497] = { 400, "A plain HTTP request was sent to an HTTPS port." },
-}
+function _M.load(data)
+    if type(data) ~= "table" or type(data.titles) ~= "table" then
+        return nil, "missing titles"
+    end
+    TITLES = by_status(data.titles)
+    DETAILS = by_status(data.details)
+    REASONS = data.reasons or {}
+    SPECIAL = by_status(data.special)
+    return true
+end
 
 local function request_path()
     local raw = var.request_uri or ""

@@ -4,7 +4,7 @@ local cjson = require "cjson.safe"
 local router = require "gwc.router"
 -- Loaded here, in the master, so workers share the compiled code and a
 -- missing or broken module stops the start instead of failing a request.
-require "gwc.problem"
+local problem = require "gwc.problem"
 require "gwc.mock"
 
 local error = error
@@ -42,6 +42,14 @@ function _M.boot()
     local ok, lerr = router.load(routes)
     if not ok then
         error("gwc: invalid routes.json: " .. lerr, 0)
+    end
+    local problems, perr = read_json(data_dir() .. "problems.json")
+    if not problems then
+        error("gwc: " .. perr, 0)
+    end
+    ok, lerr = problem.load(problems)
+    if not ok then
+        error("gwc: invalid problems.json: " .. lerr, 0)
     end
 end
 

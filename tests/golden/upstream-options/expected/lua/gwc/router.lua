@@ -15,6 +15,7 @@ local byte = string.byte
 local format = string.format
 local gsub = string.gsub
 local tohex = require("bit").tohex
+local json_encode = require("cjson.safe").encode
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -161,6 +162,17 @@ local function resolve(uri)
     return r, captured, path
 end
 
+-- The request path as a JSON string, for the problem body nginx sends
+-- itself on 404 and 405. Only computed on those answers.
+local function instance()
+    local raw = var.request_uri
+    local query = find(raw, "?", 1, true)
+    if query then
+        raw = sub(raw, 1, query - 1)
+    end
+    return (gsub(json_encode(raw), "\\/", "/"))
+end
+
 -- Returns the name of the internal location to jump to: an operation's, or
 -- "e404" / "e405". Encoded slashes were refused by the server block already;
 -- nginx appends the query string ($is_args$args) itself.
@@ -173,6 +185,7 @@ function _M.route()
 
     local r, captured, path = resolve(var.uri)
     if not r then
+        var.gw_instance = instance()
         return "e404"
     end
 
@@ -185,6 +198,7 @@ function _M.route()
     end
     if not index then
         var.gw_allow = route.allow
+        var.gw_instance = instance()
         return "e405"
     end
 

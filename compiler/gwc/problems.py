@@ -1,0 +1,87 @@
+"""The catalogue of problem+json responses the gateway itself produces.
+
+One source for the titles and details: render writes it to
+lua/gwc/data/problems.json for lua/gwc/problem.lua, and the template uses it
+for the answers nginx sends natively (404 and 405, the common ones).
+"""
+from __future__ import annotations
+
+import json
+from typing import Dict, Tuple
+
+TITLES: Dict[int, str] = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+DETAILS: Dict[int, str] = {
+    400: "The request is malformed.",
+    404: "No operation matches the request path.",
+    405: "The operation does not allow this method.",
+    408: "The client did not send the request in time.",
+    411: "The request needs a Content-Length.",
+    413: "The request body is larger than the gateway accepts.",
+    414: "The request URI is longer than the gateway accepts.",
+    500: "The gateway failed to process the request.",
+    501: "The gateway does not implement this request.",
+    502: "The upstream could not be reached or sent an invalid response.",
+    503: "The upstream is unavailable.",
+    504: "The upstream did not respond in time.",
+    505: "The gateway speaks HTTP/1.0 and HTTP/1.1 only.",
+}
+
+# $gw_problem values set before an error, and their details.
+REASONS: Dict[str, str] = {
+    "encoded_slash": "A backslash, or an encoded '/' or '\\', is not allowed in the request path.",
+}
+
+# nginx's internal codes for request-header and TLS client-certificate
+# failures, which it reports to clients as 400.
+SPECIAL: Dict[int, Tuple[int, str]] = {
+    494: (400, "The request headers are larger than the gateway accepts."),
+    495: (400, "The client certificate could not be verified."),
+    496: (400, "A client certificate is required."),
+    497: (400, "A plain HTTP request was sent to an HTTPS port."),
+}
+
+# Statuses routed through error_page to the Lua problem handler.
+ERROR_PAGE_STATUSES = (400, 401, 403, 404, 405, 408, 411, 413, 414, 429, 494, 495, 496, 497, 500, 501, 502, 503, 504, 505)
+
+
+def catalogue() -> dict:
+    """JSON-ready data for lua/gwc/problem.lua."""
+    return {
+        "titles": {str(k): v for k, v in TITLES.items()},
+        "details": {str(k): v for k, v in DETAILS.items()},
+        "reasons": REASONS,
+        "special": {str(k): list(v) for k, v in SPECIAL.items()},
+    }
+
+
+def native_body(status: int, detail: str) -> str:
+    """The body of a problem nginx sends itself with `return`, as the text of a
+    single-quoted nginx string. `instance` and `request_id` come from the
+    variables the router sets; detail may name $gw_allow."""
+    static = json.dumps(TITLES[status])
+    for text in (static, detail):
+        if any(c in text for c in "'\\") or ("$" in text and "$gw_allow" not in text):
+            raise ValueError(f"problem text not safe for an nginx string: {text!r}")
+    return (
+        '{"type":"about:blank","title":' + static + ',"status":' + str(status) + ',"detail":' + json.dumps(detail)
+        + ',"instance":$gw_instance,"request_id":"$gw_request_id"}'
+    )
