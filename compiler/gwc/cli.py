@@ -81,16 +81,26 @@ def validate(spec: str, fmt: str, listen: tuple) -> None:
 @click.option("--listen", multiple=True, metavar="HOST:PORT", help="Override x-gateway.listen (repeatable).")
 @click.option("--install-dir", default=DEFAULT_INSTALL_DIR, show_default=True, help="Absolute path the output will live at, for conf.d/.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
-def build(spec: str, out_dir: str, target: str, listen: tuple, install_dir: str, fmt: str) -> None:
+@click.option("--check", "run_check", is_flag=True, help="Run nginx -t on the new output before it replaces the old one.")
+def build(spec: str, out_dir: str, target: str, listen: tuple, install_dir: str, fmt: str, run_check: bool) -> None:
     """Compile SPEC into an output directory."""
+    check_with = None
+    if run_check:
+        rt, _ = runtime.detect()
+        if rt is None:
+            click.echo("gwc: --check: " + runtime.INSTALL_HINT, err=True)
+            sys.exit(EXIT_RUNTIME)
+        check_with = lambda staged: verify(staged, rt)  # noqa: E731
+        if target == "auto":
+            target = rt.target
     options = RenderOptions(target=_resolve_target(target), install_dir=install_dir)
     result = pipeline.build(spec, options, list(listen) or None)
     if not result.ok or result.files is None:
         _report(result.diagnostics, fmt)
         sys.exit(EXIT_INVALID)
-    failure = write_output(result.files, Path(out_dir))
-    if failure is not None:
-        _report(result.diagnostics + [failure], fmt)
+    failures = write_output(result.files, Path(out_dir), check_with)
+    if failures:
+        _report(result.diagnostics + failures, fmt)
         sys.exit(EXIT_INVALID)
     _report(result.diagnostics, fmt)
     if fmt == "text":
@@ -135,9 +145,9 @@ def run(spec: str, listen: tuple, out_dir: Optional[str]) -> None:
     if out_dir is None:
         holder = tempfile.TemporaryDirectory(prefix="gwc-run-")
         out_dir = os.path.join(holder.name, "gateway")
-    failure = write_output(result.files, Path(out_dir))
-    if failure is not None:
-        _report([failure], "text")
+    failures = write_output(result.files, Path(out_dir))
+    if failures:
+        _report(failures, "text")
         sys.exit(EXIT_INVALID)
     prefix = str(Path(out_dir).resolve()) + "/"
     cmd = [rt.binary, "-p", prefix, "-c", "nginx.conf", "-e", "/dev/stderr", "-g", "daemon off;"]

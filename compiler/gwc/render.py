@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import jinja2
 
@@ -147,17 +147,18 @@ def manifest(plan: Plan, options: RenderOptions, files: Dict[str, bytes]) -> byt
     )
 
 
-def write_output(files: Dict[str, bytes], out_dir: Path) -> Optional[Diagnostic]:
-    """Write files into out_dir atomically. Returns a diagnostic on failure."""
+def write_output(files: Dict[str, bytes], out_dir: Path, check: Optional[Callable[[Path], List[Diagnostic]]] = None) -> List[Diagnostic]:
+    """Write files into out_dir atomically; check, when given, vets the staged
+    directory before it replaces anything. Returns diagnostics on failure."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file())):
-        return Diagnostic("GW050", f"{out_dir} exists and is not a gwc output directory; refusing to replace it")
+        return [Diagnostic("GW050", f"{out_dir} exists and is not a gwc output directory; refusing to replace it")]
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
     except OSError as exc:
-        return Diagnostic("GW050", f"cannot create output directory {out_dir}: {exc.strerror or exc}")
+        return [Diagnostic("GW050", f"cannot create output directory {out_dir}: {exc.strerror or exc}")]
     try:
         for name, data in files.items():
             target = staging / name
@@ -166,6 +167,10 @@ def write_output(files: Dict[str, bytes], out_dir: Path) -> Optional[Diagnostic]
         for empty in ("logs", "tmp"):
             (staging / empty).mkdir(exist_ok=True)
         os.chmod(staging, 0o755)
+        problems = check(staging) if check is not None else []
+        if problems:
+            shutil.rmtree(staging, ignore_errors=True)
+            return problems
         old: Optional[Path] = None
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=parent))
@@ -176,8 +181,8 @@ def write_output(files: Dict[str, bytes], out_dir: Path) -> Optional[Diagnostic]
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        return Diagnostic("GW050", f"cannot write output directory {out_dir}: {exc.strerror or exc}")
-    return None
+        return [Diagnostic("GW050", f"cannot write output directory {out_dir}: {exc.strerror or exc}")]
+    return []
 
 
 def render(plan: Plan, options: RenderOptions) -> Tuple[Optional[Dict[str, bytes]], List[Diagnostic]]:

@@ -118,3 +118,18 @@ def test_run_serves_in_foreground_and_stops_on_ctrl_c(tmp_path):
         log = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         assert any(entry["uri"] == "/hello" and entry["status"] == 200 for entry in log), out
         assert "Traceback" not in err
+
+
+@pytest.mark.live
+def test_build_check_keeps_the_old_output_when_nginx_rejects_the_new(repo_root, tmp_path):
+    out = tmp_path / "out"
+    assert run("build", str(repo_root / "examples/petstore/api.yaml"), "-o", str(out), "--check").returncode == 0
+    before = (out / "nginx.conf").read_bytes()
+    # An upstream host that does not resolve passes gwc's checks but fails nginx -t.
+    spec = (repo_root / "examples/petstore/api.yaml").read_text().replace("http://127.0.0.1:8081", "http://no-such-host.invalid:8081")
+    (tmp_path / "api.yaml").write_text(spec)
+    proc = run("build", str(tmp_path / "api.yaml"), "-o", str(out), "--check")
+    assert proc.returncode == 1
+    assert "GW060" in proc.stderr and "no-such-host.invalid" in proc.stderr
+    assert (out / "nginx.conf").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
