@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-OPENRESTY_IMAGE = "openresty/openresty:1.27.1.2-bookworm"
+OPENRESTY_IMAGE = "openresty/openresty:1.27.1.2-0-bookworm-fat"
 DEBIAN_LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")
 
 INSTALL_HINT = (
