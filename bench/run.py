@@ -334,14 +334,36 @@ def interleaved(cases: List[Case], st: Settings) -> None:
             log(f"round {r + 1}/{st.rounds} {c.label:<48} {c.path:<40} {sample['cpu_us_per_req']:7.2f} µs/req {sample['rps']:9.0f} req/s")
 
 
-def latency(servers: List[Tuple[str, Server, str]], st: Settings) -> Dict[str, dict]:
-    """p50/p99 at a fixed rate on one keep-alive connection; rounds interleaved."""
+@contextlib.contextmanager
+def pinned(pids: List[int], cpu: int):
+    """Pin processes (0 = this one) to one CPU, restoring their affinity after.
+
+    Where the gateway worker, the backend and the client run decides latency
+    more than anything the gateway does: a wake-up on an idle other core costs
+    tens of µs. Pinning all three to one CPU makes every case pay the same."""
+    saved = {pid: os.sched_getaffinity(pid) for pid in pids}
+    try:
+        for pid in pids:
+            os.sched_setaffinity(pid, {cpu})
+        yield
+    finally:
+        for pid, cpus in saved.items():
+            try:
+                os.sched_setaffinity(pid, cpus)
+            except OSError:
+                pass
+
+
+def latency(servers: List[Tuple[str, Server, str]], st: Settings, backend: Server) -> Dict[str, dict]:
+    """p50/p99 at a fixed rate on one keep-alive connection; rounds interleaved;
+    client, gateway worker and backend worker pinned to CPU 0."""
     pooled: Dict[str, paced.PacedResult] = {label: paced.PacedResult() for label, _, _ in servers}
     per_round: Dict[str, List[dict]] = {label: [] for label, _, _ in servers}
     for r in range(st.latency_rounds):
         order = servers if r % 2 == 0 else list(reversed(servers))
         for label, server, path in order:
-            res = paced.run("127.0.0.1", server.port, path, st.latency_rate, st.latency_secs)
+            with pinned([0, server.worker, backend.worker], 0):
+                res = paced.run("127.0.0.1", server.port, path, st.latency_rate, st.latency_secs)
             p = pooled[label]
             p.latencies_ns += res.latencies_ns
             p.from_schedule_ns += res.from_schedule_ns
@@ -411,6 +433,7 @@ def scenario_one_route(base: Path, st: Settings) -> dict:
         lat = latency(
             [("bare", bare, "/pets/42"), ("gwc", gw.logged, "/pets/42"), ("gwc_log_off", gw.log_off, "/pets/42")],
             st,
+            backend,
         )
     result = {"cases": {c.key: c.stats() for c in cases}, "latency": lat}
     bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
@@ -453,6 +476,7 @@ def scenario_many_routes(base: Path, st: Settings) -> dict:
         lat = latency(
             [("bare", bare, "/pets/42"), ("gwc one-route", one.logged, "/pets/42"), ("gwc many-routes last", many.logged, last_path)],
             st,
+            backend,
         )
         paths_count, ops_count = specs.count(many_spec)
     result = {
@@ -612,7 +636,8 @@ def markdown(report: dict) -> str:
         f"- CPU: `wrk -t1 -c{st['connections']} -d{st['secs']}s` (keep-alive), {st['rounds']} interleaved rounds "
         "(order reversed every other round); gateway CPU = Δ first field of the single worker's `/proc/<pid>/schedstat` ÷ requests completed; median over rounds.",
         f"- latency: paced client, one keep-alive connection, {st['latency_rate']} req/s for {st['latency_secs']} s × {st['latency_rounds']} round(s), "
-        "response time from send (perf_counter_ns), client overhead included equally for every case.",
+        "response time from send (perf_counter_ns), client overhead included equally for every case; "
+        "client, gateway worker and backend worker pinned to CPU 0 while measuring (placement alone moves p50 by tens of µs).",
         "- `gwc` = the output of `gwc build` unchanged (buffered JSON access_log). "
         f"`{LOG_OFF_LABEL}` = the same output with only its `access_log` line replaced by `access_log off;` in the bench's copy, to compare routing cost alone.",
         "",
