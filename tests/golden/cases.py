@@ -29,8 +29,18 @@ def build_args(name: str, out: Path) -> List[str]:
     return ["build", str(CASES[name]), "-o", str(out), *OPTIONS]
 
 
-def tree(root: Path) -> Dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def is_runtime_copy(rel: str) -> bool:
+    """The runtime Lua copied verbatim from lua/: checked against lua/, not stored."""
+    return rel.startswith("lua/") and rel.endswith(".lua")
+
+
+def tree(root: Path, generated_only: bool = False) -> Dict[str, bytes]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not (generated_only and is_runtime_copy(rel)):
+            out[rel] = p.read_bytes()
+    return out
 
 
 def regenerate() -> List[Tuple[str, Path]]:
@@ -43,7 +53,7 @@ def regenerate() -> List[Tuple[str, Path]]:
         shutil.rmtree(tmp, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "gwc.cli", *build_args(name, tmp)], check=True, cwd=REPO_ROOT)
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(tmp, target)
+        shutil.copytree(tmp, target, ignore=lambda d, names: [n for n in names if n.endswith(".lua")])
         shutil.rmtree(tmp)
         done.append((name, target))
     return done

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from golden.cases import CASES, build_args, expected_dir, tree
+from golden.cases import CASES, REPO_ROOT, build_args, expected_dir, is_runtime_copy, tree
 
 
 def _build(name, out, cwd):
@@ -15,7 +15,11 @@ def _build(name, out, cwd):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_output_matches_golden(name, tmp_path):
-    actual = _build(name, tmp_path / "out", tmp_path)
+    full = _build(name, tmp_path / "out", tmp_path)
+    runtime = {rel: data for rel, data in full.items() if is_runtime_copy(rel)}
+    sources = {"lua/" + p.relative_to(REPO_ROOT / "lua").as_posix(): p.read_bytes() for p in (REPO_ROOT / "lua").rglob("*.lua")}
+    assert runtime == sources, "the output's runtime Lua must be the lua/ sources, byte for byte"
+    actual = {rel: data for rel, data in full.items() if not is_runtime_copy(rel)}
     expected = tree(expected_dir(name))
     assert sorted(actual) == sorted(expected), "file list differs; run scripts/regen-golden and review"
     for path in expected:
