@@ -173,6 +173,12 @@ def write_output(files: Dict[str, bytes], out_dir: Path, check: Optional[Callabl
             return problems
         old: Optional[Path] = None
         if out_dir.exists():
+            # A running nginx keeps its pid file and logs here: carry them over,
+            # so `nginx -p DIR -s reload` still finds the master.
+            for keep in ("logs", "tmp"):
+                if (out_dir / keep).is_dir():
+                    os.rmdir(staging / keep)
+                    os.rename(out_dir / keep, staging / keep)
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=parent))
             os.rmdir(old)
             os.rename(out_dir, old)
