@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,14 @@ REPO_ROOT = TESTS_DIR.parent
 sys.path.insert(0, str(TESTS_DIR))
 
 from support.processes import have_nginx  # noqa: E402
+
+
+def pytest_configure(config):
+    # Keep the validation cache of test runs away from the user's own.
+    if "GWC_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["GWC_CACHE_DIR"] = tempfile.mkdtemp(prefix="gwc-test-cache-")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,7 +13,9 @@ import click
 
 from . import __version__
 from . import diagnostics as diag_mod
+from . import cache as cache_mod
 from . import pipeline, runtime
+from .cache import ValidationCache
 from .diagnostics import Diagnostic
 from .render import DEFAULT_INSTALL_DIR, RenderOptions, write_output
 from .verify import verify
@@ -27,6 +29,14 @@ def _report(diags: List[Diagnostic], fmt: str) -> None:
         return
     if diags:
         click.echo(diag_mod.render(diags, fmt), err=(fmt == "text"))
+
+
+_NO_CACHE = click.option("--no-cache", is_flag=True, help="Always run structural OpenAPI validation (also GWC_NO_CACHE=1).")
+
+
+def _cache(no_cache: bool) -> Optional[ValidationCache]:
+    directory = None if no_cache else cache_mod.default_dir()
+    return ValidationCache(directory) if directory is not None else None
 
 
 def _resolve_target(target: str) -> str:
@@ -63,9 +73,10 @@ def main() -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
 @click.option("--listen", multiple=True, metavar="HOST:PORT", help="Override x-gateway.listen (repeatable).")
-def validate(spec: str, fmt: str, listen: tuple) -> None:
+@_NO_CACHE
+def validate(spec: str, fmt: str, listen: tuple, no_cache: bool) -> None:
     """Check SPEC and report every problem."""
-    result = pipeline.check(spec, list(listen) or None)
+    result = pipeline.check(spec, list(listen) or None, cache=_cache(no_cache))
     _report(result.diagnostics, fmt)
     if not result.ok:
         sys.exit(EXIT_INVALID)
@@ -82,7 +93,8 @@ def validate(spec: str, fmt: str, listen: tuple) -> None:
 @click.option("--install-dir", default=DEFAULT_INSTALL_DIR, show_default=True, help="Absolute path the output will live at, for conf.d/.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
 @click.option("--check", "run_check", is_flag=True, help="Run nginx -t on the new output before it replaces the old one.")
-def build(spec: str, out_dir: str, target: str, listen: tuple, install_dir: str, fmt: str, run_check: bool) -> None:
+@_NO_CACHE
+def build(spec: str, out_dir: str, target: str, listen: tuple, install_dir: str, fmt: str, run_check: bool, no_cache: bool) -> None:
     """Compile SPEC into an output directory."""
     check_with = None
     if run_check:
@@ -94,7 +106,7 @@ def build(spec: str, out_dir: str, target: str, listen: tuple, install_dir: str,
         if target == "auto":
             target = rt.target
     options = RenderOptions(target=_resolve_target(target), install_dir=install_dir)
-    result = pipeline.build(spec, options, list(listen) or None)
+    result = pipeline.build(spec, options, list(listen) or None, cache=_cache(no_cache))
     if not result.ok or result.files is None:
         _report(result.diagnostics, fmt)
         sys.exit(EXIT_INVALID)

@@ -10,6 +10,7 @@ from . import model as model_stage
 from . import plan as plan_stage
 from . import render as render_stage
 from . import validate as validate_stage
+from .cache import ValidationCache
 from .diagnostics import Diagnostic, has_errors
 
 
@@ -39,12 +40,12 @@ def _locate(diags: List[Diagnostic], doc: load_stage.Document) -> List[Diagnosti
     return out
 
 
-def check(path: str, listen: Optional[List[str]] = None, structural: bool = True) -> Result:
+def check(path: str, listen: Optional[List[str]] = None, structural: bool = True, cache: Optional[ValidationCache] = None) -> Result:
     """load -> validate -> model -> plan."""
     doc, diags = load_stage.load(path)
     if doc is None or has_errors(diags):
         return Result(diags)
-    diags = diags + validate_stage.validate(doc, structural=structural)
+    diags = diags + validate_stage.validate(doc, structural=structural, cache=cache)
     if has_errors(diags):
         return Result(_locate(diags, doc))
     gateway, model_diags = model_stage.build(doc, listen)
@@ -56,9 +57,9 @@ def check(path: str, listen: Optional[List[str]] = None, structural: bool = True
     return Result(_locate(diags, doc), the_plan)
 
 
-def build(path: str, options: render_stage.RenderOptions, listen: Optional[List[str]] = None) -> Result:
+def build(path: str, options: render_stage.RenderOptions, listen: Optional[List[str]] = None, cache: Optional[ValidationCache] = None) -> Result:
     """check, then render in memory (nothing is written here)."""
-    result = check(path, listen)
+    result = check(path, listen, cache=cache)
     if not result.ok or result.plan is None:
         return result
     files, render_diags = render_stage.render(result.plan, options)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import difflib
 import re
 from functools import lru_cache
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from .cache import ValidationCache
 from .diagnostics import Diagnostic, escape_pointer_token
 from .load import Document, LoadError, SourceFile, walk_refs
 from .paths import TemplateError, parse_template
@@ -85,11 +86,37 @@ def check_refs(doc: Document) -> List[Diagnostic]:
     return out
 
 
+def _inline_external(doc: Document, value: Any, src: SourceFile, active: frozenset) -> Any:
+    """A copy of value with every $ref that leaves the root file replaced by its target.
+
+    openapi-spec-validator does not look inside referenced files, so they are
+    validated in place. A reference back into the root file becomes a local
+    one; a cycle through other files is cut with {} once it has been inlined."""
+    if isinstance(value, dict):
+        ref = value.get("$ref")
+        if isinstance(ref, str) and (src is not doc.root or not ref.startswith("#")):
+            try:
+                target, target_src, target_ptr = doc.resolve(ref, src)
+            except LoadError:
+                return value
+            if target_src is doc.root:
+                return {**value, "$ref": "#" + target_ptr}
+            key = (target_src.path, target_ptr)
+            if key in active:
+                return {}
+            return _inline_external(doc, target, target_src, active | {key})
+        return {k: _inline_external(doc, v, src, active) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_inline_external(doc, v, src, active) for v in value]
+    return value
+
+
 def _spec_validator(doc: Document):
     from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
 
     cls = OpenAPIV31SpecValidator if str(doc.data.get("openapi", "")).startswith("3.1") else OpenAPIV30SpecValidator
-    return cls(doc.data, base_uri=doc.root.path.as_uri())
+    data = doc.data if len(doc.files) == 1 else _inline_external(doc, doc.data, doc.root, frozenset())
+    return cls(data, base_uri=doc.root.path.as_uri())
 
 
 def _error_pointer(err: Any) -> str:
@@ -212,7 +239,7 @@ def check_path_templates(doc: Document) -> List[Diagnostic]:
     return out
 
 
-def validate(doc: Document, structural: bool = True) -> List[Diagnostic]:
+def validate(doc: Document, structural: bool = True, cache: Optional[ValidationCache] = None) -> List[Diagnostic]:
     diags = check_openapi_version(doc)
     if diags:
         return diags
@@ -220,6 +247,11 @@ def validate(doc: Document, structural: bool = True) -> List[Diagnostic]:
     blocking = check_refs(doc) + check_path_templates(doc)
     diags.extend(blocking)
     if structural and not blocking:
-        diags.extend(check_openapi_structure(doc))
+        hashes = doc.input_hashes()  # complete: check_refs loaded every referenced file
+        if cache is None or not cache.hit(hashes):
+            structure = check_openapi_structure(doc)
+            diags.extend(structure)
+            if cache is not None and not structure:
+                cache.record(hashes)
     diags.extend(check_gateway(doc))
     return diags

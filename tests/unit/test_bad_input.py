@@ -318,3 +318,14 @@ def test_missing_file(tmp_path):
     assert proc.returncode == 1
     assert "nope.yaml: error[GW003]" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_errors_inside_referenced_files_are_found(tmp_path):
+    """openapi-spec-validator skips referenced files; gwc validates them in place."""
+    (tmp_path / "api.yaml").write_text(HEADER + UPSTREAM + "paths:\n  /a: {$ref: 'paths.yaml#/a'}\n")
+    (tmp_path / "paths.yaml").write_text("a:\n  get:\n    responses: {'200': {descriptio: ok}}\n")
+    proc = _gwc("validate", "--no-cache", "api.yaml", "--format", "json", cwd=tmp_path)
+    assert proc.returncode == 1
+    diags = json.loads(proc.stdout)
+    assert [(d["code"], d["pointer"]) for d in diags] == [("GW010", "/paths/~1a/get/responses/200")]
+    assert diags[0]["line"] == 8, "reported at the $ref that brings the file in"
