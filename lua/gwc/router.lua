@@ -10,6 +10,9 @@ local sub = string.sub
 local match = string.match
 local concat = table.concat
 local type = type
+local pairs = pairs
+local ipairs = ipairs
+local loadstring = loadstring
 local char = string.char
 local byte = string.byte
 local format = string.format
@@ -26,7 +29,6 @@ local ignore_trailing_slash = false
 local caps = {}
 local greedy_caps = {}
 local rewrite_buf = {}
-local greedy_route
 local request_id_prefix = "000000000000000000000000"
 local next_request = 0
 local REQUEST_ID_WRAP = 4294967296 -- bit.tohex keeps 32 bits
@@ -37,11 +39,16 @@ local SLASH = 47
 -- the most specific one. Greedy routes are remembered in post-order, so the
 -- deepest and most literal greedy candidate is the one kept.
 --
--- pos is where the current segment starts in path, nil past the end. The
--- walk recurses instead of looping: route() is entered from C once per
--- request, and LuaJIT abandons a trace that meets an inner loop, which would
--- leave the whole router interpreted.
-local function walk(node, path, pos, ncap)
+-- pos is where the current segment starts in path, nil past the end.
+--
+-- One copy of this function is compiled per trie level, each calling the
+-- next level's copy (descend): route() is entered from C once per request,
+-- and LuaJIT gives up on a trace that meets an inner loop or true recursion,
+-- which would leave the router interpreted. Distinct functions per level
+-- keep the common path (no mixed segments, no greedy match) loop-free.
+local WALK_SOURCE = [=[
+local find, sub, match, caps, greedy, descend = ...
+return function(node, path, pos, ncap)
     if not pos then
         return node.route, ncap
     end
@@ -57,7 +64,7 @@ local function walk(node, path, pos, ncap)
     if lit then
         local child = lit[seg]
         if child then
-            local r, nc = walk(child, path, next_pos, ncap)
+            local r, nc = descend(child, path, next_pos, ncap)
             if r then
                 return r, nc
             end
@@ -74,7 +81,7 @@ local function walk(node, path, pos, ncap)
                     for j = 1, count do
                         caps[ncap + j] = found[j]
                     end
-                    local r, nc = walk(m.node, path, next_pos, ncap + count)
+                    local r, nc = descend(m.node, path, next_pos, ncap + count)
                     if r then
                         return r, nc
                     end
@@ -84,36 +91,80 @@ local function walk(node, path, pos, ncap)
         local param = node.param
         if param then
             caps[ncap + 1] = seg
-            local r, nc = walk(param, path, next_pos, ncap + 1)
+            local r, nc = descend(param, path, next_pos, ncap + 1)
             if r then
                 return r, nc
             end
         end
     end
-    local greedy = node.greedy
-    if greedy and not greedy_route then
+    local greedy_route = node.greedy
+    if greedy_route and not greedy.route then
         local rest = sub(path, pos)
         if rest ~= "" then
-            greedy_route = greedy
+            greedy.route = greedy_route
+            local saved = greedy.caps
             for j = 1, ncap do
-                greedy_caps[j] = caps[j]
+                saved[j] = caps[j]
             end
-            greedy_caps[ncap + 1] = rest
+            saved[ncap + 1] = rest
         end
     end
     return nil
+end
+]=]
+
+local greedy = { route = nil, caps = greedy_caps }
+
+local function past_deepest_node()
+    return nil
+end
+
+-- Compiles one walker per level, deepest first, for a trie of the given depth.
+local function build_walker(depth)
+    local descend = past_deepest_node
+    for _ = depth, 0, -1 do
+        local chunk, err = loadstring(WALK_SOURCE, "=gwc.router.walk")
+        if not chunk then
+            return nil, err
+        end
+        descend = chunk(find, sub, match, caps, greedy, descend)
+    end
+    return descend
+end
+
+local walk
+
+local function tree_depth(node)
+    local deepest = 0
+    local function visit(n, depth)
+        if depth > deepest then
+            deepest = depth
+        end
+        for _, child in pairs(n.lit or {}) do
+            visit(child, depth + 1)
+        end
+        for _, m in ipairs(n.mixed or {}) do
+            visit(m.node, depth + 1)
+        end
+        if n.param then
+            visit(n.param, depth + 1)
+        end
+    end
+    visit(node, 0)
+    return deepest
 end
 
 -- Returns the route index and the captures table, and whether the match is
 -- a greedy one.
 local function find_route(path)
-    greedy_route = nil
+    greedy.route = nil
     local r = walk(tree, path, 2, 0)
     if r then
         return r, caps, false
     end
-    if greedy_route then
-        return greedy_route, greedy_caps, true
+    local g = greedy.route
+    if g then
+        return g, greedy_caps, true
     end
     return nil
 end
@@ -262,6 +313,11 @@ function _M.load(data)
         or type(data.operations) ~= "table" then
         return nil, "missing tree, routes or operations"
     end
+    local walker, err = build_walker(tree_depth(data.tree))
+    if not walker then
+        return nil, "cannot compile the trie walker: " .. (err or "unknown error")
+    end
+    walk = walker
     tree, routes, ops = data.tree, data.routes, data.operations
     ops_by_id = {}
     for i = 1, #ops do
