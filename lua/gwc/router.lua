@@ -173,8 +173,8 @@ end
 -- target: everything outside unreserved, sub-delims, ":", "@" and "/".
 local UNSAFE = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/]"
 local HEX = {}
-for byte = 0, 255 do
-    HEX[char(byte)] = format("%%%02X", byte)
+for code = 0, 255 do
+    HEX[char(code)] = format("%%%02X", code)
 end
 
 local function escape_path(path)
