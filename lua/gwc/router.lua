@@ -48,6 +48,34 @@ local SLASH = 47
 -- keep the common path (no mixed segments, no greedy match) loop-free.
 local WALK_SOURCE = [=[
 local find, sub, match, caps, greedy, descend = ...
+
+local function try_mixed(m, seg, path, next_pos, ncap)
+    local count = m.captures
+    if count == 1 then
+        local c1 = match(seg, m.pattern)
+        if not c1 then
+            return nil
+        end
+        caps[ncap + 1] = c1
+    elseif count == 2 then
+        local c1, c2 = match(seg, m.pattern)
+        if not c1 then
+            return nil
+        end
+        caps[ncap + 1] = c1
+        caps[ncap + 2] = c2
+    else
+        local found = { match(seg, m.pattern) }
+        if not found[1] then
+            return nil
+        end
+        for j = 1, count do
+            caps[ncap + j] = found[j]
+        end
+    end
+    return descend(m.node, path, next_pos, ncap + count)
+end
+
 return function(node, path, pos, ncap)
     if not pos then
         return node.route, ncap
@@ -73,15 +101,19 @@ return function(node, path, pos, ncap)
     if seg ~= "" then
         local mixed = node.mixed
         if mixed then
-            for k = 1, #mixed do
-                local m = mixed[k]
-                local found = { match(seg, m.pattern) }
-                local count = #found
-                if count > 0 then
-                    for j = 1, count do
-                        caps[ncap + j] = found[j]
-                    end
-                    local r, nc = descend(m.node, path, next_pos, ncap + count)
+            -- Unrolled for the usual one or two siblings: a loop here would
+            -- end the trace. The loop only runs for a third sibling onwards.
+            local r, nc = try_mixed(mixed[1], seg, path, next_pos, ncap)
+            if r then
+                return r, nc
+            end
+            if mixed[2] then
+                r, nc = try_mixed(mixed[2], seg, path, next_pos, ncap)
+                if r then
+                    return r, nc
+                end
+                for k = 3, #mixed do
+                    r, nc = try_mixed(mixed[k], seg, path, next_pos, ncap)
                     if r then
                         return r, nc
                     end
