@@ -403,7 +403,7 @@ def verify_operations(server: Server, expected: List[Tuple[str, str, int]], dead
                 except ValueError:
                     continue
                 if entry.get("user_agent") == marker:
-                    seen[entry["uri"]] = (entry.get("operation", ""), entry.get("status"))
+                    seen[entry["path"]] = (entry.get("operation", ""), entry.get("status"))
         if len(seen) >= len(expected):
             break
         time.sleep(0.1)

@@ -104,9 +104,9 @@ def test_run_serves_in_foreground_and_stops_on_ctrl_c(tmp_path):
         proc = subprocess.Popen([*GWC, "run", str(spec), "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_for_port(port, deadline_s=20)
-            status, headers, body = raw_request(port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            status, headers, body = raw_request(port, b"GET /hello?api_key=s3cret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert status == 200
-            assert json.loads(body)["path"] == "/hello"
+            assert json.loads(body)["path"] == "/hello?api_key=s3cret"
             time.sleep(0.3)  # let the access log line reach stdout
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=20)
@@ -116,7 +116,8 @@ def test_run_serves_in_foreground_and_stops_on_ctrl_c(tmp_path):
                 proc.communicate(timeout=10)
         assert proc.returncode == 0, err
         log = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        assert any(entry["uri"] == "/hello" and entry["status"] == 200 for entry in log), out
+        assert any(entry["path"] == "/hello" and entry["status"] == 200 and entry["request_id"] == headers["x-request-id"] for entry in log), out
+        assert "s3cret" not in out, "query strings stay out of the access log"
         assert "Traceback" not in err
 
 

@@ -48,9 +48,11 @@ def test_only_known_directives(name):
     # Entries inside a map block are source/value pairs, not directives.
     unknown = {d["directive"] for d, parents in walk(tree) if not (parents and parents[-1]["directive"] == "map")} - ALLOWED
     assert not unknown
-    for m in find(tree, "map"):
-        assert m["args"] == ["$gw_rid", "$gw_request_id"]
-        assert [(e["directive"], e["args"]) for e in m["block"]] == [("", ["$request_id"]), ("default", ["$gw_rid"])]
+    maps = {tuple(m["args"]): [(e["directive"], e["args"]) for e in m["block"]] for m in find(tree, "map")}
+    assert maps == {
+        ("$gw_rid", "$gw_request_id"): [("", ["$request_id"]), ("default", ["$gw_rid"])],
+        ("$request_uri", "$gw_log_path"): [("~^(?<path>[^?]*)", ["$path"])],
+    }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
