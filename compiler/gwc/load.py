@@ -203,7 +203,7 @@ class Document:
             return self.files[target]
         display = _display_path(target, self.root)
         try:
-            text = target.read_text(encoding="utf-8")
+            text = target.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise LoadError(Diagnostic("GW011", f"cannot read referenced file {display}: {_reason(exc)}", referrer.display))
         src, errs = parse_text(text, display, target)
@@ -275,7 +275,7 @@ def load(path: str) -> Tuple[Optional[Document], List[Diagnostic]]:
     p = Path(path)
     display = str(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Diagnostic("GW003", f"cannot read {display}: {_reason(exc)}", display)]
     src, errors = parse_text(text, display, p.resolve())

@@ -50,3 +50,12 @@ def test_yaml_timestamps_stay_strings(tmp_path):
     (tmp_path / "api.yaml").write_text("openapi: 3.0.3\ninfo: {title: t, version: 2024-01-01}\n")
     doc, _ = load(str(tmp_path / "api.yaml"))
     assert doc.data["info"]["version"] == "2024-01-01"
+
+
+def test_byte_order_mark_and_crlf(tmp_path):
+    (tmp_path / "api.json").write_bytes(b'\xef\xbb\xbf{"openapi": "3.0.3",\r\n "info": {"title": "t"}}')
+    doc, diags = load(str(tmp_path / "api.json"))
+    assert not diags and doc.data["info"]["title"] == "t"
+    (tmp_path / "api.yaml").write_bytes(b"\xef\xbb\xbfopenapi: 3.0.3\r\ninfo:\r\n  title: t\r\n")
+    doc, diags = load(str(tmp_path / "api.yaml"))
+    assert not diags and doc.root.position("/info/title") == (3, 10)
