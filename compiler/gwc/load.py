@@ -149,6 +149,53 @@ def _construct(node: yaml.Node, src_display: str, errors: List[Diagnostic], ptr:
     return None  # pragma: no cover - PyYAML has no other node kinds
 
 
+# Aliases share nodes, so a small file can stand for an enormous tree (the
+# "billion laughs"); every later stage walks the expanded tree.
+MAX_EXPANDED_NODES = 5_000_000
+
+
+def _children(node: yaml.Node) -> List[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [c for pair in node.value for c in pair]
+    return []
+
+
+class _RecursiveAlias(ValueError):
+    pass
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Node count with every alias expanded, computed without expanding.
+
+    Iterative post-order, since documents may be deeply nested; each distinct
+    node is sized once, after all of its children. Raises _RecursiveAlias for
+    an alias inside its own anchor, which no JSON value can represent."""
+    sizes: Dict[int, int] = {}
+    open_nodes = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if not children_done:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            for child in _children(node):
+                if id(child) in open_nodes:
+                    raise _RecursiveAlias()
+                if id(child) not in sizes:
+                    stack.append((child, False))
+            continue
+        open_nodes.discard(id(node))
+        total = 1
+        for child in _children(node):
+            total = min(total + sizes.get(id(child), 1), MAX_EXPANDED_NODES + 1)
+        sizes[id(node)] = total
+    return sizes[id(root)]
+
+
 def _reject_duplicates(pairs):
     out = {}
     for k, v in pairs:
@@ -180,6 +227,12 @@ def parse_text(text: str, display: str, path: Path) -> Tuple[Optional[SourceFile
         problem = getattr(exc, "problem", None) or str(exc)
         kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
         return None, [Diagnostic("GW001", f"malformed {kind}: {problem}", display, line, col)]
+    try:
+        too_big = root is not None and _expanded_size(root) > MAX_EXPANDED_NODES
+    except _RecursiveAlias:
+        return None, [Diagnostic("GW001", "a YAML alias refers to its own anchor; the document has no JSON form", display, 1, 1)]
+    if too_big:
+        return None, [Diagnostic("GW001", f"YAML aliases expand the document past {MAX_EXPANDED_NODES:,} nodes", display, 1, 1)]
     data = _construct(root, display, errors, "", {}) if root is not None else None
     src = SourceFile(path, display, text, data, root, True)
     return src, errors

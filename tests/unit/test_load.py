@@ -59,3 +59,20 @@ def test_byte_order_mark_and_crlf(tmp_path):
     (tmp_path / "api.yaml").write_bytes(b"\xef\xbb\xbfopenapi: 3.0.3\r\ninfo:\r\n  title: t\r\n")
     doc, diags = load(str(tmp_path / "api.yaml"))
     assert not diags and doc.root.position("/info/title") == (3, 10)
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        prev = chr(ord("a") + i - 1)
+        cur = chr(ord("a") + i)
+        lines.append(f"{cur}: &{cur} [" + ", ".join(f"*{prev}" for _ in range(10)) + "]")
+    (tmp_path / "api.yaml").write_text("openapi: 3.0.3\n" + "\n".join(lines) + "\n")
+    doc, diags = load(str(tmp_path / "api.yaml"))
+    assert doc is None and [d.code for d in diags] == ["GW001"] and "aliases" in diags[0].message
+
+
+def test_recursive_alias_is_refused(tmp_path):
+    (tmp_path / "api.yaml").write_text("openapi: 3.0.3\nloop: &a [1, *a]\n")
+    doc, diags = load(str(tmp_path / "api.yaml"))
+    assert doc is None and [d.code for d in diags] == ["GW001"] and "own anchor" in diags[0].message
