@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -149,6 +150,25 @@ def _construct(node: yaml.Node, src_display: str, errors: List[Diagnostic], ptr:
     return None  # pragma: no cover - PyYAML has no other node kinds
 
 
+# libyaml's composer recurses in C and crashes the interpreter on deeply
+# nested flow collections, so depth is checked before it runs. Brackets
+# inside strings are counted too; no real spec comes near the limit.
+MAX_FLOW_DEPTH = 500
+_FLOW_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _flow_depth_exceeds(text: str, limit: int) -> bool:
+    depth = 0
+    for m in _FLOW_BRACKET.finditer(text):
+        if m.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif depth:
+            depth -= 1
+    return False
+
+
 # Aliases share nodes, so a small file can stand for an enormous tree (the
 # "billion laughs"); every later stage walks the expanded tree.
 MAX_EXPANDED_NODES = 5_000_000
@@ -210,6 +230,13 @@ class _DuplicateJsonKey(ValueError):
 
 
 def parse_text(text: str, display: str, path: Path) -> Tuple[Optional[SourceFile], List[Diagnostic]]:
+    try:
+        return _parse_text(text, display, path)
+    except RecursionError:
+        return None, [Diagnostic("GW001", "the document is nested too deeply to process", display, 1, 1)]
+
+
+def _parse_text(text: str, display: str, path: Path) -> Tuple[Optional[SourceFile], List[Diagnostic]]:
     errors: List[Diagnostic] = []
     if path.suffix.lower() == ".json":
         try:
@@ -219,6 +246,8 @@ def parse_text(text: str, display: str, path: Path) -> Tuple[Optional[SourceFile
             return None, [Diagnostic("GW001", f"malformed JSON: {exc.msg}", display, exc.lineno, exc.colno)]
         except _DuplicateJsonKey:
             pass  # fall through to the YAML path, which can say where the duplicate is
+    if _flow_depth_exceeds(text, MAX_FLOW_DEPTH):
+        return None, [Diagnostic("GW001", f"the document nests more than {MAX_FLOW_DEPTH} levels deep", display, 1, 1)]
     try:
         root = yaml.compose(text, Loader=_YamlLoader)
     except yaml.YAMLError as exc:

@@ -76,3 +76,13 @@ def test_recursive_alias_is_refused(tmp_path):
     (tmp_path / "api.yaml").write_text("openapi: 3.0.3\nloop: &a [1, *a]\n")
     doc, diags = load(str(tmp_path / "api.yaml"))
     assert doc is None and [d.code for d in diags] == ["GW001"] and "own anchor" in diags[0].message
+
+
+def test_deep_nesting_is_a_diagnostic(tmp_path):
+    depth = 50_000
+    (tmp_path / "api.json").write_text('{"openapi": "3.0.3", "x": ' + "[" * depth + "]" * depth + "}")
+    doc, diags = load(str(tmp_path / "api.json"))
+    assert doc is None and [d.code for d in diags] == ["GW001"]
+    (tmp_path / "api.yaml").write_text("openapi: 3.0.3\nx: " + "[" * depth + "]" * depth + "\n")
+    doc, diags = load(str(tmp_path / "api.yaml"))
+    assert doc is None and [d.code for d in diags] == ["GW001"]
