@@ -172,6 +172,8 @@ def _flow_depth_exceeds(text: str, limit: int) -> bool:
 # Aliases share nodes, so a small file can stand for an enormous tree (the
 # "billion laughs"); every later stage walks the expanded tree.
 MAX_EXPANDED_NODES = 5_000_000
+# Without an anchor there is no alias, and nothing to expand.
+_ANCHOR = re.compile(r"(?:^|[\s\[{,:-])&[^\s\[\]{},]", re.M)
 
 
 def _children(node: yaml.Node) -> List[yaml.Node]:
@@ -257,7 +259,7 @@ def _parse_text(text: str, display: str, path: Path) -> Tuple[Optional[SourceFil
         kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
         return None, [Diagnostic("GW001", f"malformed {kind}: {problem}", display, line, col)]
     try:
-        too_big = root is not None and _expanded_size(root) > MAX_EXPANDED_NODES
+        too_big = root is not None and _ANCHOR.search(text) is not None and _expanded_size(root) > MAX_EXPANDED_NODES
     except _RecursiveAlias:
         return None, [Diagnostic("GW001", "a YAML alias refers to its own anchor; the document has no JSON form", display, 1, 1)]
     if too_big:
