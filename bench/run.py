@@ -139,21 +139,28 @@ def start_server(stack: contextlib.ExitStack, label: str, prefix: Path, port: in
     return Server(label, nginx, port, _single_worker(nginx))
 
 
-def start_backend(stack: contextlib.ExitStack, base: Path) -> Server:
-    port = free_port()
-    prefix = _prefix(base, "backend")
-    (prefix / "nginx.conf").write_text(
-        f"""worker_processes 1;
+def _single_worker_conf(http_body: str) -> str:
+    """A one-worker nginx.conf with the http settings shared with the generated config."""
+    return f"""worker_processes 1;
 pid logs/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
 {_HTTP_COMMON}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 200 "ok"; }}
-    }}
+{http_body}
 }}
 """
+
+
+def start_backend(stack: contextlib.ExitStack, base: Path) -> Server:
+    port = free_port()
+    prefix = _prefix(base, "backend")
+    (prefix / "nginx.conf").write_text(
+        _single_worker_conf(
+            f"""    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok"; }}
+    }}"""
+        )
     )
     return start_server(stack, "backend", prefix, port)
 
@@ -162,12 +169,8 @@ def start_bare(stack: contextlib.ExitStack, base: Path, backend_port: int) -> Se
     port = free_port()
     prefix = _prefix(base, "bare")
     (prefix / "nginx.conf").write_text(
-        f"""worker_processes 1;
-pid logs/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-{_HTTP_COMMON}
-    upstream be {{
+        _single_worker_conf(
+            f"""    upstream be {{
         server 127.0.0.1:{backend_port};
         keepalive 32;
     }}
@@ -178,9 +181,8 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
-    }}
-}}
-"""
+    }}"""
+        )
     )
     return start_server(stack, "bare", prefix, port)
 

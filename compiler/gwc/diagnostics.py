@@ -6,7 +6,7 @@ turns them into an exit code.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
 ERROR = "error"
@@ -39,14 +39,6 @@ CODES = {
 
 def escape_pointer_token(token) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
-
-
-def pointer(*tokens) -> str:
-    return "".join("/" + escape_pointer_token(t) for t in tokens)
-
-
-def join_pointer(base: str, *tokens) -> str:
-    return base + pointer(*tokens)
 
 
 @dataclass(frozen=True)
@@ -98,23 +90,6 @@ class Diagnostic:
             "col": self.col,
             "pointer": self.pointer,
         }
-
-
-@dataclass
-class Collector:
-    """Accumulates diagnostics; stages hand one of these around internally."""
-
-    items: List[Diagnostic] = field(default_factory=list)
-
-    def add(self, diag: Diagnostic) -> None:
-        self.items.append(diag)
-
-    def extend(self, diags: Iterable[Diagnostic]) -> None:
-        self.items.extend(diags)
-
-    @property
-    def has_errors(self) -> bool:
-        return any(d.is_error for d in self.items)
 
 
 def has_errors(diags: Iterable[Diagnostic]) -> bool:

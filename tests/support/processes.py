@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -84,10 +82,6 @@ class Nginx:
             if ppid == self.proc.pid:
                 out.append(int(entry.name))
         return sorted(out)
-
-    def reload(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGHUP)
 
     def read_error_log(self) -> str:
         try:
@@ -242,7 +236,3 @@ def _dechunk(data: bytes) -> bytes:
 
 def have_nginx() -> bool:
     return nginx_binary() is not None
-
-
-def which(name: str) -> Optional[str]:
-    return shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
