@@ -44,8 +44,33 @@ local function request_path()
     return query and sub(raw, 1, query - 1) or raw
 end
 
--- status is given for the gateway's own rejections; from error_page it is the
--- status nginx is about to send.
+local function body_of(status, detail, extra)
+    -- Assembled by hand for a stable member order; cjson escapes "/" needlessly.
+    local parts = '{"type":"about:blank","title":' .. encode(TITLES[status] or "Error")
+        .. ',"status":' .. status
+        .. ',"detail":' .. encode(detail or "")
+        .. ',"instance":' .. encode(request_path())
+        .. ',"request_id":' .. encode(var.gw_request_id or "")
+    if extra then
+        for i = 1, #extra, 2 do
+            local value = encode(extra[i + 1])
+            if value then
+                parts = parts .. ',' .. encode(extra[i]) .. ':' .. value
+            end
+        end
+    end
+    return (gsub(parts .. "}", "\\/", "/"))
+end
+
+local function emit(status, body)
+    ngx.status = status
+    header["Content-Type"] = "application/problem+json"
+    header["Cache-Control"] = "no-store"
+    header["Content-Length"] = #body
+    ngx.print(body)
+end
+
+-- From error_page: status is the one nginx is about to send.
 function _M.respond(status)
     status = status or ngx.status
     local detail
@@ -71,17 +96,24 @@ function _M.respond(status)
             detail = "Allowed methods: " .. allow .. "."
         end
     end
-    -- Assembled by hand for a stable member order; cjson escapes "/" needlessly.
-    local body = gsub('{"type":"about:blank","title":' .. encode(TITLES[status] or "Error")
-        .. ',"status":' .. status
-        .. ',"detail":' .. encode(detail or "")
-        .. ',"instance":' .. encode(request_path())
-        .. ',"request_id":' .. encode(var.gw_request_id or "") .. "}", "\\/", "/")
-    ngx.status = status
-    header["Content-Type"] = "application/problem+json"
-    header["Cache-Control"] = "no-store"
-    header["Content-Length"] = #body
-    ngx.print(body)
+    emit(status, body_of(status, detail))
+end
+
+-- A rejection decided in Lua (auth, validation), sent from the current phase.
+-- reason is a stable code from the catalogue: it picks the detail and is
+-- logged as $gw_problem. extra is a flat list of member names and values
+-- appended to the body ({"errors", {...}}); headers a map of response headers.
+-- The caller's phase handler ends the request with ngx.exit(status).
+function _M.send(status, reason, extra, headers)
+    if reason then
+        var.gw_problem = reason
+    end
+    if headers then
+        for name, value in pairs(headers) do
+            header[name] = value
+        end
+    end
+    emit(status, body_of(status, reason and REASONS[reason] or DETAILS[status], extra))
 end
 
 return _M

@@ -24,9 +24,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", deadline_s: float = 10.0) -> None:
+def wait_for_port(port: int, host: str = "127.0.0.1", deadline_s: float = 10.0, alive=None) -> None:
+    """Waits for a listener; `alive` (a callable) ends the wait early once the server process has died."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
+        if alive is not None and not alive():
+            raise TimeoutError(f"the server process exited before listening on {host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -61,7 +64,7 @@ class Nginx:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             for port in ports:
-                wait_for_port(port, deadline_s=deadline_s)
+                wait_for_port(port, deadline_s=deadline_s, alive=lambda: self.proc.poll() is None)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"nginx did not start: {self.read_error_log()[-2000:]}")
