@@ -19,6 +19,7 @@ from .load import Document, LoadError, SourceFile
 from .paths import PathTemplate, parse_template, substitute_ok
 from .resources import SCHEMA_BASE, schemas
 from .schema_defaults import level_schema, with_defaults
+from .security import NO_SECURITY, Access, Security, SecurityBuilder
 from .validate import HTTP_METHODS
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
@@ -111,6 +112,17 @@ class Operation:
     upstream: Optional[str]
     rewrite: Optional[str]
     mock: Optional[Mock]
+    access: Access = Access(None)
+    validate_parameters: bool = True
+    validate_body: bool = True
+    max_errors: int = 10
+    max_body_size: Optional[str] = None  # None: the server's client_max_body_size
+    declares_parameters: bool = False
+    declares_body: bool = False
+
+    @property
+    def needs_validation(self) -> bool:
+        return (self.validate_parameters and self.declares_parameters) or (self.validate_body and self.declares_body)
 
     @property
     def label(self) -> str:
@@ -129,6 +141,8 @@ class NginxSettings:
     worker_connections: int
     client_max_body_size: str
     server_tokens: bool
+    resolver: Tuple[str, ...] = ()
+    ca_bundle: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,6 +156,7 @@ class Gateway:
     nginx: NginxSettings
     upstreams: Tuple[Upstream, ...]
     operations: Tuple[Operation, ...]
+    security: Security = NO_SECURITY
     input_hashes: Tuple[Tuple[str, str], ...] = field(default=())
 
     def upstream(self, name: str) -> Upstream:
@@ -162,6 +177,7 @@ class _Builder:
     def __init__(self, doc: Document):
         self.doc = doc
         self.diags: List[Diagnostic] = []
+        self.security = SecurityBuilder(doc, self.diags)
 
     def error(self, code: str, message: str, src: SourceFile, ptr: str, key: bool = False) -> None:
         line, col = src.position(ptr, key=key)
@@ -371,14 +387,73 @@ class _Builder:
                 else:
                     self.error("GW036", f"{method.upper()} {path_key} has no integration: set x-gateway.upstream or x-gateway.mock", src, op_ptr)
                     continue
+                access = self.access(op, merged, src, op_ptr, gw_ptr, f"{method.upper()} {path_key}")
+                if access is None:
+                    continue
+                validate = merged["validate"]
                 rewrite = merged.get("path")
                 if rewrite is not None:
                     missing = substitute_ok(rewrite, template.params)
                     if missing is not None:
                         self.error("GW034", f"rewrite {rewrite!r} uses {{{missing}}}, which is not a parameter of {path_key}", src, gw_ptr + "/path")
                         continue
-                out.append(Operation(op_id, method.upper(), template, src.display, op_ptr, upstream, rewrite, mock))
+                out.append(
+                    Operation(
+                        op_id, method.upper(), template, src.display, op_ptr, upstream, rewrite, mock,
+                        access=access,
+                        validate_parameters=validate["parameters"],
+                        validate_body=validate["body"],
+                        max_errors=validate["max_errors"],
+                        max_body_size=merged.get("max_body_size"),
+                        declares_parameters=bool(op.get("parameters")) or bool(item.get("parameters")),
+                        declares_body=isinstance(op.get("requestBody"), dict),
+                    )
+                )
         return tuple(out)
+
+
+    # --- access policy ----------------------------------------------------------
+    def access(self, op: dict, merged: dict, src: SourceFile, op_ptr: str, gw_ptr: str, label: str) -> Optional[Access]:
+        """The operation's requirements, authorizer and IP rules; None after an error."""
+        sec = self.security
+        if "security" in op:
+            requirements = sec.requirements(op["security"], src, op_ptr + "/security")
+            if requirements is None and isinstance(op["security"], list):
+                return None
+        elif isinstance(self.doc.data.get("security"), list):
+            requirements = self.root_requirements
+            if requirements is None:
+                return None
+        else:
+            requirements = None
+        authorizer = None
+        if "authorizer" in merged:
+            where = gw_ptr + "/authorizer" if "authorizer" in (op.get("x-gateway") or {}) else "/x-gateway/authorizer"
+            authorizer = sec.authorizer(merged["authorizer"], src if where.startswith(op_ptr) else self.doc.root, where)
+            if authorizer is None:
+                return None
+        ip = None
+        if "ip" in merged:
+            where = gw_ptr + "/ip" if "ip" in (op.get("x-gateway") or {}) else "/x-gateway/ip"
+            ip = sec.ip_policy(merged["ip"], src if where.startswith(op_ptr) else self.doc.root, where)
+        if requirements is None and authorizer is None and sec.declared:
+            self.error(
+                "GW040",
+                f"{label} has no security requirement, but the document declares "
+                "security schemes; add `security` to it or to the document, or `security: []` to make it public",
+                src, op_ptr,
+            )
+            return None
+        for req in requirements or ():
+            for name, _ in req:
+                scheme = sec.schemes[name]
+                if scheme.kind == "mtls" and not self.mtls_ready:
+                    self.error("GW048", f"security scheme {name!r} is mutualTLS, but x-gateway.tls has no client_ca", src, op_ptr)
+                    return None
+                if scheme.kind == "apikey" and self.consumers is None:
+                    self.error("GW049", f"security scheme {name!r} is an API key, but x-gateway.keys names no key file", src, op_ptr)
+                    return None
+        return Access(requirements, authorizer, ip)
 
 
 def _operation_keys() -> set:
@@ -506,6 +581,13 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
         b.error("GW032", f"unknown upstream {raw_gw['upstream']!r} (known: {known})", root, "/x-gateway/upstream")
         declared = declared | {raw_gw["upstream"]}  # report it once, not per operation
     base_path = b.base_path(gw)
+    sec = b.security
+    sec.build_schemes()
+    b.root_requirements = sec.requirements(data.get("security"), root, "/security")
+    b.consumers = sec.consumers(gw["keys"], root, "/x-gateway/keys") if "keys" in gw else None
+    tls = sec.tls(gw["tls"], root, "/x-gateway/tls", b.listen) if "tls" in gw else None
+    b.mtls_ready = bool(tls and tls.client_ca)
+    trusted = sec.cidrs(gw["trusted_proxies"], root, "/x-gateway/trusted_proxies") or ()
     operations = b.operations(gw, declared)
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
     routing = gw["routing"]
@@ -517,9 +599,13 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
         listen=listen,
         base_path=base_path,
         routing=Routing(routing["encoded_slashes"], routing["trailing_slash"]),
-        nginx=NginxSettings(str(ngx["worker_processes"]), ngx["worker_connections"], ngx["client_max_body_size"], ngx["server_tokens"]),
+        nginx=NginxSettings(
+            str(ngx["worker_processes"]), ngx["worker_connections"], ngx["client_max_body_size"], ngx["server_tokens"],
+            tuple(ngx["resolver"]), ngx["ca_bundle"],
+        ),
         upstreams=tuple(upstreams),
         operations=operations,
+        security=Security(tuple(sec.schemes[n] for n in sorted(sec.schemes)), b.consumers, trusted, tls),
         input_hashes=tuple(doc.input_hashes().items()),
     )
     return gateway, b.diags

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .diagnostics import Diagnostic
 from .model import Gateway, Operation, Upstream
+from .security import IpPolicy
 from .paths import GREEDY, LITERAL, MIXED, PARAM, PathTemplate, lua_pattern, templates_overlap
 
 METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
@@ -26,6 +27,10 @@ class Location:
     ident: str
     kind: str  # "proxy" or "mock"
     upstream: Optional[Upstream]
+    lua_access: bool = False  # auth or validation runs in access_by_lua
+    max_body_size: Optional[str] = None
+    ip: Optional[IpPolicy] = None
+    body_buffer_size: str = "1m"  # the effective body limit, so validated bodies stay in memory
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,58 @@ class Plan:
             "routes": routes,
             "tree": _build_tree(self.routes),
         }
+
+
+    @property
+    def forwarded_headers(self) -> Tuple[str, ...]:
+        """Headers only the gateway may set upstream: stripped from every client request."""
+        names = {h.lower(): h for h in self.gateway.security.forwarded_headers}
+        for op in self.gateway.operations:
+            if op.access.authorizer is not None:
+                names.update({h.lower(): h for h in op.access.authorizer.forward_headers})
+        return tuple(names[k] for k in sorted(names))
+
+    def access_data(self) -> dict:
+        """JSON-ready policy consumed by lua/gwc/access.lua."""
+        schemes = {s.name: _scheme_data(s) for s in self.gateway.security.schemes}
+        operations = {}
+        for op in self.gateway.operations:
+            if not (op.access.needs_lua or op.needs_validation):
+                continue
+            entry: dict = {}
+            if op.access.requirements:
+                entry["requirements"] = [[[name, list(scopes)] for name, scopes in req] for req in op.access.requirements]
+            if op.access.authorizer is not None:
+                a = op.access.authorizer
+                entry["authorizer"] = {
+                    "url": a.url, "scheme": a.scheme, "host": a.host, "port": a.port, "path": a.path,
+                    "identity": list(a.identity), "ttl": a.ttl_s, "timeout": a.timeout_ms,
+                    "forward_headers": list(a.forward_headers),
+                }
+            if op.needs_validation:
+                entry["validate"] = True
+                entry["path_params"] = list(op.template.params)
+            operations[op.operation_id] = entry
+        return {"schemes": schemes, "operations": operations, "forward_headers": list(self.forwarded_headers)}
+
+
+def _scheme_data(s) -> dict:
+    out: dict = {"kind": s.kind, "hide": s.hide_credentials}
+    if s.source is not None:
+        out["source"] = {"in": s.source.location, "name": s.source.name, "bearer": s.source.bearer}
+    if s.jwt is not None:
+        j = s.jwt
+        out.update(
+            issuer=j.issuer, audiences=list(j.audiences), algorithms=list(j.algorithms), leeway=j.leeway_s,
+            required_claims=list(j.required_claims), forward_claims=[list(p) for p in j.forward_claims],
+            cache_size=j.cache_size, max_token_size=j.max_token_size, jwks=j.jwks, jwks_uri=j.jwks_uri,
+            discovery=j.discovery, secret_env=j.secret_env, refresh=j.refresh_s, min_refetch=j.min_refetch_s,
+        )
+    if s.kind == "basic":
+        out.update(realm=s.realm, users=dict(s.users))
+    if s.kind == "mtls":
+        out.update(subject_header=s.subject_header, fingerprint_header=s.fingerprint_header)
+    return out
 
 
 def _rewrite_parts(op: Operation) -> list:
@@ -186,11 +243,14 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
     index_of: Dict[tuple, str] = {}
     op_locs = []
     for op in gateway.operations:
-        key = ("mock", None) if op.mock is not None else ("proxy", op.upstream)
+        lua_access = op.access.needs_lua or op.needs_validation
+        kind = "mock" if op.mock is not None else "proxy"
+        key = (kind, op.upstream if kind == "proxy" else None, lua_access, op.max_body_size, op.access.ip)
         if key not in index_of:
             ident = str(len(locations) + 1)
             index_of[key] = ident
-            up = gateway.upstream(op.upstream) if op.upstream else None
-            locations.append(Location(ident, key[0], up))
+            up = gateway.upstream(op.upstream) if kind == "proxy" else None
+            buffer = op.max_body_size or gateway.nginx.client_max_body_size
+            locations.append(Location(ident, kind, up, lua_access, op.max_body_size, op.access.ip, buffer))
         op_locs.append(index_of[key])
     return Plan(gateway, tuple(locations), tuple(op_locs), tuple(routes)), diags

@@ -21,6 +21,7 @@ from . import __version__, problems
 from .diagnostics import Diagnostic
 from .plan import Plan
 from .resources import lua_dir, templates_dir
+from .security import keys_data
 
 NGINX_LUA_MODULES = (
     "/usr/lib/nginx/modules/ndk_http_module.so",
@@ -34,6 +35,8 @@ ENCODED_SLASH_REGEX = {
     "decode": r"^[^?]*(%5[cC]|\x5c)",
 }
 DEFAULT_INSTALL_DIR = "/etc/nginx/gwc"
+# The API-key consumers, editable in a deployed output (see docs/auth.md).
+KEYS_FILE = "keys.json"
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9._:\[\]/*+-]+$")
 _SAFE_VARIABLE = re.compile(r"^\$[a-z0-9_]+$")
 _UNSAFE_IN_STRING = re.compile(r"[\x00-\x1f\x7f\"\\$]")
@@ -112,6 +115,10 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
         error_uri=ERROR_URI,
         encoded_slash_regex=ENCODED_SLASH_REGEX[plan.gateway.routing.encoded_slashes],
         install_dir=install_dir,
+        secret_env=_secret_env(plan),
+        uses_jwks=any(s.jwt is not None for s in plan.gateway.security.schemes),
+        uses_tls_fetch=_uses_tls_fetch(plan),
+        ca_bundle=plan.gateway.nginx.ca_bundle,
     )
     files: Dict[str, bytes] = {}
     files["nginx.conf"] = env.get_template("nginx.conf.j2").render(
@@ -130,10 +137,25 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
     ).encode("utf-8")
     files["lua/gwc/data/routes.json"] = _json_bytes(plan.route_data())
     files["lua/gwc/data/problems.json"] = _json_bytes(problems.catalogue())
+    files["lua/gwc/data/access.json"] = _json_bytes(plan.access_data())
+    if plan.gateway.security.consumers is not None:
+        # Outside lua/ and the manifest's hashes: operators edit this copy
+        # (gwc keys new/revoke --file DIR/keys.json) and reload.
+        files[KEYS_FILE] = _json_bytes(keys_data(plan.gateway.security.consumers))
     root = lua_dir()
     for path in sorted(root.rglob("*.lua")):
         files["lua/" + path.relative_to(root).as_posix()] = path.read_bytes()
     return files
+
+
+def _secret_env(plan: Plan) -> List[str]:
+    return sorted({s.jwt.secret_env for s in plan.gateway.security.schemes if s.jwt is not None and s.jwt.secret_env})
+
+
+def _uses_tls_fetch(plan: Plan) -> bool:
+    urls = [u for s in plan.gateway.security.schemes if s.jwt is not None for u in (s.jwt.jwks_uri, s.jwt.discovery) if u]
+    urls += [op.access.authorizer.url for op in plan.gateway.operations if op.access.authorizer is not None]
+    return any(u.startswith("https:") for u in urls)
 
 
 def manifest(plan: Plan, options: RenderOptions, files: Dict[str, bytes]) -> bytes:
@@ -142,7 +164,7 @@ def manifest(plan: Plan, options: RenderOptions, files: Dict[str, bytes]) -> byt
             "gwc_version": __version__,
             "target": options.target,
             "inputs": dict(plan.gateway.input_hashes),
-            "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items()) if name != KEYS_FILE},
         }
     )
 

@@ -154,6 +154,17 @@ def gateway_locations(doc: Document) -> Iterator[Tuple[str, Any, SourceFile, str
     root = doc.root
     if "x-gateway" in data:
         yield "root", data["x-gateway"], root, "/x-gateway"
+    components = data.get("components")
+    schemes = components.get("securitySchemes") if isinstance(components, dict) else None
+    if isinstance(schemes, dict):
+        for name, scheme in schemes.items():
+            ptr = "/components/securitySchemes/" + escape_pointer_token(name)
+            try:
+                scheme, src, ptr = doc.deref(scheme, root, ptr)
+            except LoadError:
+                continue
+            if isinstance(scheme, dict) and "x-gateway" in scheme:
+                yield "securityScheme", scheme["x-gateway"], src, ptr + "/x-gateway"
     paths = data.get("paths")
     if not isinstance(paths, dict):
         return

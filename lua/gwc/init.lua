@@ -5,10 +5,16 @@ local router = require "gwc.router"
 -- Loaded here, in the master, so workers share the compiled code and a
 -- missing or broken module stops the start instead of failing a request.
 local problem = require "gwc.problem"
+local access = require "gwc.access"
+local apikeys = require "gwc.apikeys"
+local auth = require "gwc.auth"
 require "gwc.mock"
 
 local error = error
 local io_open = io.open
+local loadfile = loadfile
+local pcall = pcall
+local type = type
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -51,6 +57,65 @@ function _M.boot()
     if not ok then
         error("gwc: invalid problems.json: " .. lerr, 0)
     end
+    _M.load_keys()
+    local validators = _M.load_validators()
+    local policy, aerr = read_json(data_dir() .. "access.json")
+    if not policy then
+        error("gwc: " .. aerr, 0)
+    end
+    ok, lerr = access.load(policy, validators)
+    if not ok then
+        error("gwc: invalid access.json: " .. lerr, 0)
+    end
+end
+
+-- keys.json sits at the top of the output directory, beside lua/, so that
+-- operators can edit the deployed copy; it is re-read on every reload.
+function _M.load_keys()
+    local path = data_dir() .. "../../../keys.json"
+    local file = io_open(path, "rb")
+    if not file then
+        return -- no API-key scheme in this build
+    end
+    file:close()
+    local keys, err = read_json(path)
+    if not keys then
+        error("gwc: " .. err, 0)
+    end
+    local ok, lerr = apikeys.load(keys)
+    if not ok then
+        error("gwc: invalid keys.json: " .. lerr, 0)
+    end
+end
+
+-- The generated request validators (lua/gwc/data/validators.lua), loaded
+-- with the runtime that runs them; nil when the build made none.
+function _M.load_validators()
+    local path = data_dir() .. "validators.lua"
+    local file = io_open(path, "rb")
+    if not file then
+        return nil
+    end
+    file:close()
+    local chunk, err = loadfile(path)
+    if not chunk then
+        error("gwc: cannot load validators.lua: " .. tostring(err), 0)
+    end
+    local ok, validators = pcall(chunk)
+    if not ok or type(validators) ~= "table" then
+        error("gwc: validators.lua did not return a table: " .. tostring(validators), 0)
+    end
+    local runtime = require "gwc.validation"
+    local loaded, lerr = runtime.load(validators)
+    if not loaded then
+        error("gwc: invalid validators.lua: " .. tostring(lerr), 0)
+    end
+    return runtime
+end
+
+function _M.init_worker()
+    router.init_worker()
+    auth.init_worker()
 end
 
 return _M

@@ -308,6 +308,20 @@ function _M.route()
     return op.loc
 end
 
+-- The decoded path parameters of the current request, in template order, for
+-- validation in a later phase (route()'s own captures are scratch space).
+function _M.captures()
+    local r, captured = resolve(var.uri)
+    if not r then
+        return {}
+    end
+    local out = {}
+    for i = 1, #routes[r].params do
+        out[i] = captured[i]
+    end
+    return out
+end
+
 -- The Allow list for a path, for 405s that nginx raises before routing
 -- (TRACE, for one). Not on the hot path.
 function _M.allowed_methods(uri)
