@@ -184,5 +184,69 @@ def run(spec: str, listen: tuple, out_dir: Optional[str]) -> None:
     sys.exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else EXIT_RUNTIME)
 
 
+@cli.group()
+def keys() -> None:
+    """Manage API-key consumers and basic-auth users (only hashes are stored)."""
+
+
+_KEY_FILE = click.option(
+    "--file", "path", type=click.Path(dir_okay=False), required=True,
+    help="The YAML key file named by x-gateway.keys, or a built output's keys.json.",
+)
+
+
+@keys.command("new")
+@click.option("--id", "consumer_id", required=True, help="Consumer id, shown in logs and used by usage plans.")
+@click.option("--plan", default="", help="Usage plan name.")
+@click.option("--expires", default=None, metavar="DATE-TIME", help="RFC 3339 expiry, e.g. 2027-01-01T00:00:00Z.")
+@_KEY_FILE
+def keys_new(consumer_id: str, plan: str, expires: Optional[str], path: str) -> None:
+    """Add a consumer and print its new key once, alone on the last line of stdout."""
+    from . import keys as keys_mod
+
+    created, diags = keys_mod.add_consumer(Path(path), consumer_id, plan, expires)
+    if created is None:
+        _report(diags, "text")
+        sys.exit(EXIT_INVALID)
+    click.echo(f"gwc: added consumer {consumer_id!r} to {path}; the key is shown once and stored only as a hash", err=True)
+    click.echo(created.key)
+
+
+@keys.command("revoke")
+@click.option("--id", "consumer_id", required=True)
+@_KEY_FILE
+def keys_revoke(consumer_id: str, path: str) -> None:
+    """Disable a consumer's key (it stays in the file, with enabled: false)."""
+    from . import keys as keys_mod
+
+    diags = keys_mod.revoke_consumer(Path(path), consumer_id)
+    if diags:
+        _report(diags, "text")
+        sys.exit(EXIT_INVALID)
+    click.echo(f"gwc: revoked {consumer_id!r} in {path}; reload nginx (or rebuild) for it to take effect", err=True)
+
+
+@keys.command("passwd")
+@click.option("--user", "username", required=True)
+@click.option("--file", "path", type=click.Path(dir_okay=False), required=True, help="The credentials file of an HTTP basic scheme.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin instead of prompting.")
+def keys_passwd(username: str, path: str, password_stdin: bool) -> None:
+    """Set a basic-auth user's password (stored as PBKDF2-SHA256)."""
+    from . import keys as keys_mod
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        click.echo("gwc: empty password refused", err=True)
+        sys.exit(EXIT_USAGE)
+    diags = keys_mod.set_password(Path(path), username, password)
+    if diags:
+        _report(diags, "text")
+        sys.exit(EXIT_INVALID)
+    click.echo(f"gwc: password set for {username!r} in {path}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -137,7 +137,7 @@ def _scheme_data(s) -> dict:
         out.update(realm=s.realm, users=dict(s.users))
     if s.kind == "mtls":
         out.update(subject_header=s.subject_header, fingerprint_header=s.fingerprint_header)
-    return out
+    return {k: v for k, v in out.items() if v is not None}  # JSON null would reach Lua as a truthy userdata
 
 
 def _rewrite_parts(op: Operation) -> list:

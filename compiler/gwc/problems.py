@@ -48,6 +48,37 @@ DETAILS: Dict[int, str] = {
 # $gw_problem values set before an error, and their details.
 REASONS: Dict[str, str] = {
     "encoded_slash": "A backslash, or an encoded '/' or '\\', is not allowed in the request path.",
+    # Authentication. Details never echo the credential or say which check
+    # of a token failed beyond its class: the log's reason code does that.
+    "credentials_missing": "The operation requires credentials.",
+    "jwt_missing": "The operation requires a bearer token.",
+    "jwt_malformed": "The bearer token is malformed.",
+    "jwt_too_large": "The bearer token is too large.",
+    "jwt_bad_encoding": "The bearer token is not canonical base64url.",
+    "jwt_alg_not_allowed": "The bearer token's algorithm is not accepted.",
+    "jwt_crit": "The bearer token has critical header parameters the gateway does not understand.",
+    "jwt_kid_required": "The bearer token must name its key (kid).",
+    "jwt_unknown_kid": "The bearer token's key is unknown.",
+    "jwt_bad_signature": "The bearer token's signature is invalid.",
+    "jwt_expired": "The bearer token has expired.",
+    "jwt_not_yet_valid": "The bearer token is not valid yet.",
+    "jwt_bad_issuer": "The bearer token was issued by an issuer the operation does not trust.",
+    "jwt_bad_audience": "The bearer token is not meant for this API.",
+    "jwt_missing_claim": "The bearer token lacks a required claim.",
+    "jwt_bad_claim": "The bearer token has a claim of the wrong type.",
+    "jwks_unavailable": "The keys needed to verify the token are unavailable.",
+    "insufficient_scope": "The token does not carry the scopes the operation requires.",
+    "apikey_missing": "The operation requires an API key.",
+    "apikey_invalid": "The API key is not valid.",
+    "apikey_disabled": "The API key has been revoked.",
+    "apikey_expired": "The API key has expired.",
+    "basic_missing": "The operation requires a user name and password.",
+    "basic_invalid": "The user name or password is not valid.",
+    "mtls_required": "The operation requires a verified client certificate.",
+    "authorizer_identity_missing": "The operation requires credentials.",
+    "authorizer_denied": "The authorizer denied the request.",
+    "authorizer_unavailable": "The authorizer is unavailable.",
+    "ip_denied": "The client address is not allowed.",
 }
 
 # nginx's internal codes for request-header and TLS client-certificate

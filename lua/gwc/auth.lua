@@ -351,21 +351,28 @@ function _M.compile(requirements)
         end
         compiled[i] = entries
     end
-    return { requirements = compiled, challenges = challenges, single = #compiled == 1 and #compiled[1] == 1 }
+    local invalid = {}
+    for i, c in ipairs(challenges) do
+        invalid[i] = find(c, "^Bearer") and (c .. ', error="invalid_token"') or c
+    end
+    return {
+        requirements = compiled,
+        challenge_missing = challenges[1] and concat(challenges, ", ") or nil,
+        challenge_invalid = invalid[1] and concat(invalid, ", ") or nil,
+        single = #compiled == 1 and #compiled[1] == 1,
+    }
 end
 
 -- Request time ----------------------------------------------------------------
 
+-- One header value listing every challenge: nginx before 1.23 keeps a single
+-- WWW-Authenticate field, and RFC 9110 allows a comma-separated list.
 local function challenge_for(policy, status, reason, scopes)
     if status == 401 then
         if MISSING[reason] then
-            return policy.challenges
+            return policy.challenge_missing
         end
-        local out = {}
-        for i, c in ipairs(policy.challenges) do
-            out[i] = find(c, "^Bearer") and (c .. ', error="invalid_token"') or c
-        end
-        return out
+        return policy.challenge_invalid
     end
     if reason == "insufficient_scope" then
         return 'Bearer realm="api", error="insufficient_scope", scope="' .. concat(scopes or {}, " ") .. '"'
