@@ -42,7 +42,7 @@ import paced  # noqa: E402
 import specs  # noqa: E402
 from support.processes import Nginx, free_port, nginx_binary  # noqa: E402  (Nginx.start waits with wait_for_port)
 
-SCENARIOS = ("one-route", "many-routes", "compile")
+SCENARIOS = ("one-route", "many-routes", "auth", "compile")
 WRK_SCRIPT = BENCH / "wrk_report.lua"
 RESULTS = BENCH / "results"
 LOG_OFF_LABEL = "access_log off (bench edit)"
@@ -249,9 +249,11 @@ def cpu_ns(pid: int) -> int:
 _WRK_LINE = re.compile(r"GWCBENCH (.*)")
 
 
-def wrk(url: str, secs: int, connections: int) -> dict:
+def wrk(url: str, secs: int, connections: int, shaping: Optional[Dict[str, str]] = None) -> dict:
+    """shaping: GWC_BENCH_* settings for wrk_report.lua (headers pool, method, body)."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{secs}s", "--timeout", "5s", "-s", str(WRK_SCRIPT), url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30)
+    env = {**os.environ, **(shaping or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30, env=env)
     m = _WRK_LINE.search(proc.stdout)
     if proc.returncode != 0 or not m:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
@@ -266,11 +268,12 @@ class Case:
     path: str
     expect_status: int = 200
     note: str = ""
+    shaping: Dict[str, str] = field(default_factory=dict)
     samples: List[dict] = field(default_factory=list)
 
     def measure(self, secs: int, connections: int) -> dict:
         before = cpu_ns(self.server.worker)
-        res = wrk(self.server.url(self.path), secs, connections)
+        res = wrk(self.server.url(self.path), secs, connections, self.shaping)
         time.sleep(0.05)  # let the worker finish closing the connections
         after = cpu_ns(self.server.worker)
         requests = res["requests"]
@@ -310,8 +313,16 @@ class Case:
 
 def check_response(case: Case, deadline_s: float = 5.0) -> None:
     """One request before timing anything: the case must answer as expected."""
+    request = urllib.request.Request(case.server.url(case.path), method=case.shaping.get("GWC_BENCH_METHOD") or "GET")
+    if case.shaping.get("GWC_BENCH_HEADERS"):
+        first = Path(case.shaping["GWC_BENCH_HEADERS"]).read_text().splitlines()[0]
+        name, _, value = first.partition(": ")
+        request.add_header(name, value)
+    if case.shaping.get("GWC_BENCH_BODY_FILE"):
+        request.data = Path(case.shaping["GWC_BENCH_BODY_FILE"]).read_bytes()
+        request.add_header("Content-Type", case.shaping.get("GWC_BENCH_CONTENT_TYPE", "application/json"))
     try:
-        with urllib.request.urlopen(case.server.url(case.path), timeout=deadline_s) as resp:
+        with urllib.request.urlopen(request, timeout=deadline_s) as resp:
             status, body = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read()
@@ -327,7 +338,7 @@ def interleaved(cases: List[Case], st: Settings) -> None:
     for c in cases:
         check_response(c)
     for c in cases:
-        wrk(c.server.url(c.path), st.warmup_secs, st.connections)
+        wrk(c.server.url(c.path), st.warmup_secs, st.connections, c.shaping)
     for r in range(st.rounds):
         order = cases if r % 2 == 0 else list(reversed(cases))
         for c in order:
@@ -492,6 +503,73 @@ def scenario_many_routes(base: Path, st: Settings) -> dict:
         if "/" in key:
             ref = result["cases"][key.split("/")[0] + "/one-route"]["cpu_us_per_req_median"]
             c["ratio_vs_one_route"] = c["cpu_us_per_req_median"] / ref
+    return result
+
+
+def _auth_material(base: Path, pool: int) -> dict:
+    """Keys, a key file and header pools: one RS256 token for the warm cache,
+    `pool` distinct RS256 and ES256 tokens for the cold cases, an API key."""
+    import hashlib
+    import secrets
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()))
+    rsa_jwk["kid"], ec_jwk["kid"] = "rs1", "es1"
+    exp = int(time.time()) + 24 * 3600
+
+    def token(key, alg: str, kid: str, n: int) -> str:
+        claims = {"iss": "https://id.bench/", "aud": "bench", "sub": f"user-{n}", "exp": exp, "scope": "pets:read"}
+        return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+
+    files = {}
+
+    def pool_file(name: str, lines: List[str]) -> str:
+        path = base / f"{name}.headers"
+        path.write_text("\n".join(lines) + "\n")
+        files[name] = str(path)
+        return str(path)
+
+    pool_file("rs_warm", ["Authorization: Bearer " + token(rsa_key, "RS256", "rs1", 0)])
+    pool_file("rs_cold", ["Authorization: Bearer " + token(rsa_key, "RS256", "rs1", i) for i in range(pool)])
+    pool_file("es_cold", ["Authorization: Bearer " + token(ec_key, "ES256", "es1", i) for i in range(pool)])
+    api_key = "gwc_" + secrets.token_urlsafe(32)
+    pool_file("key", ["X-API-Key: " + api_key])
+    digest = hashlib.sha256(api_key.encode()).hexdigest()
+    (base / "keys.yaml").write_text(f"consumers:\n  - {{id: bench, key_sha256: {digest}, plan: gold}}\n")
+    return {"rsa_jwk": rsa_jwk, "ec_jwk": ec_jwk, "headers": files}
+
+
+def scenario_auth(base: Path, st: Settings) -> dict:
+    pool = 2000 if st.rounds <= 2 else 4000
+    log(f"minting {pool} RS256 and {pool} ES256 tokens")
+    material = _auth_material(base, pool)
+    h = material["headers"]
+    with contextlib.ExitStack() as stack:
+        backend = start_backend(stack, base)
+        bare = start_bare(stack, base, backend.port)
+        spec = specs.auth(backend.port, material["rsa_jwk"], material["ec_jwk"], "keys.yaml")
+        gw = start_gwc(stack, base, "auth", spec)
+        srv = gw.log_off
+        cases = [
+            Case("bare", "bare proxy_pass", bare, "/pets/42"),
+            Case("public", "gwc public operation", srv, "/pets/42"),
+            Case("rs256_warm", "gwc RS256, verified-token cache warm", srv, "/rs/42", shaping={"GWC_BENCH_HEADERS": h["rs_warm"]}),
+            Case("rs256_cold", "gwc RS256, every token distinct", srv, "/rs-cold/42", shaping={"GWC_BENCH_HEADERS": h["rs_cold"]}, note=f"{pool} tokens, 1-entry cache"),
+            Case("es256_cold", "gwc ES256, every token distinct", srv, "/es-cold/42", shaping={"GWC_BENCH_HEADERS": h["es_cold"]}, note=f"{pool} tokens, 1-entry cache"),
+            Case("apikey", "gwc API key", srv, "/key/42", shaping={"GWC_BENCH_HEADERS": h["key"]}),
+        ]
+        interleaved(cases, st)
+    result = {"cases": {c.key: c.stats() for c in cases}, "log": LOG_OFF_LABEL}
+    bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
+    public_cpu = result["cases"]["public"]["cpu_us_per_req_median"]
+    for c in result["cases"].values():
+        c["ratio_vs_bare"] = c["cpu_us_per_req_median"] / bare_cpu
+        c["ratio_vs_public"] = c["cpu_us_per_req_median"] / public_cpu
     return result
 
 
@@ -665,6 +743,23 @@ def markdown(report: dict) -> str:
                 f"{_f(c['ratio_vs_bare'], 3)} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
             )
         lines += ["", _latency_table(r["latency"]), ""]
+    if "auth" in sc:
+        r = sc["auth"]
+        lines += [
+            "## auth: one gateway, one operation per scheme (`access_log off`)",
+            "",
+            "\"vs public\" compares with a public operation of the same gateway, so it isolates the cost of authentication; "
+            "\"vs bare\" includes gwc's routing as well.",
+            "",
+            "| case | CPU µs/req (median) | min–max | ratio vs bare | ratio vs public | req/s (median) | unexpected responses | note |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for c in r["cases"].values():
+            lines.append(
+                f"| {c['label']} | {_f(c['cpu_us_per_req_median'])} | {_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | "
+                f"{_f(c['ratio_vs_bare'], 3)} | {_f(c['ratio_vs_public'], 3)} | {c['rps_median']:.0f} | {c['unexpected_responses']} | {c['note']} |"
+            )
+        lines.append("")
     if "many-routes" in sc:
         r = sc["many-routes"]
         s = r["spec"]
@@ -795,7 +890,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "settings": {k: v for k, v in vars(st).items() if k not in ("keep_tmp",)},
         "scenarios": {},
     }
-    runners = {"one-route": scenario_one_route, "many-routes": scenario_many_routes, "compile": scenario_compile}
+    runners = {"one-route": scenario_one_route, "many-routes": scenario_many_routes, "auth": scenario_auth, "compile": scenario_compile}
     tmp = tempfile.mkdtemp(prefix="gwc-bench-")
     # When the bench runs as root, nginx workers run as an unprivileged user
     # and must be able to read the Lua modules they require lazily.

@@ -405,3 +405,41 @@ def count(spec: dict) -> Tuple[int, int]:
     methods = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
     paths = spec["paths"]
     return len(paths), sum(1 for item in paths.values() for m in methods if m in item)
+
+
+# --- access policy (issue 3) ---------------------------------------------------------------
+
+AUTH_ROUTES = {
+    # path prefix -> security scheme (None: public, the gwc baseline)
+    "/pets": None,
+    "/rs": "rs",
+    "/rs-cold": "rs_cold",
+    "/es-cold": "es_cold",
+    "/key": "key",
+}
+
+
+def auth(backend_port: int, rsa_jwk: dict, ec_jwk: dict, keys_file: str) -> dict:
+    """One gateway, one operation per scheme. The *_cold schemes keep a
+    one-entry verified-token cache, so a pool of distinct tokens always misses."""
+    spec = _root(backend_port, "bench auth")
+    spec["openapi"] = "3.1.0"
+    spec["x-gateway"]["keys"] = keys_file
+    common = {"issuer": "https://id.bench/", "audiences": ["bench"]}
+    spec["components"] = {
+        "securitySchemes": {
+            "rs": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                   "x-gateway": {**common, "algorithms": ["RS256"], "jwks": {"keys": [rsa_jwk]}}},
+            "rs_cold": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                        "x-gateway": {**common, "algorithms": ["RS256"], "jwks": {"keys": [rsa_jwk]}, "cache_size": 1}},
+            "es_cold": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                        "x-gateway": {**common, "algorithms": ["ES256"], "jwks": {"keys": [ec_jwk]}, "cache_size": 1}},
+            "key": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+    }
+    for prefix, scheme in AUTH_ROUTES.items():
+        path = prefix + "/{petId}"
+        op = {"operationId": "get" + prefix.strip("/").replace("-", "_"), "responses": _ok()}
+        op["security"] = [{scheme: []}] if scheme else []
+        spec["paths"][path] = {"parameters": [_param("petId")], "get": op}
+    return spec
