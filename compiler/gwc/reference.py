@@ -17,6 +17,7 @@ LEVELS = (
     ("root", "Document root (`x-gateway` at the top level)"),
     ("pathItem", "Path item (`paths./x.x-gateway`)"),
     ("operation", "Operation (`paths./x.get.x-gateway`)"),
+    ("securityScheme", "Security scheme (`components.securitySchemes.x.x-gateway`)"),
 )
 
 
