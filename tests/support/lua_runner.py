@@ -121,7 +121,11 @@ class LuaRunner:
             raise LuaError(payload["error"])
         return payload["result"]
 
-    def lua_errors(self) -> str:
-        """Error-log lines at [error] or worse, for tests that assert a clean log."""
-        lines = self.nginx.read_error_log().splitlines()
+    def log_mark(self) -> int:
+        """The current end of the error log, for `lua_errors(since=...)`."""
+        return len(self.nginx.read_error_log())
+
+    def lua_errors(self, since: int = 0) -> str:
+        """Error-log lines at [error] or worse (after the `since` mark), for tests that assert a clean log."""
+        lines = self.nginx.read_error_log()[since:].splitlines()
         return "\n".join(l for l in lines if "[error]" in l or "[crit]" in l or "[alert]" in l or "[emerg]" in l)
