@@ -68,14 +68,20 @@ local function source_reader(source)
     end
     local v = header_var(name)
     if source.bearer then
-        return function()
+        -- Returns the token and the raw header value, which keys the
+        -- verified-token cache so that a hit needs no token extraction.
+        return function(cached)
             local value = var[v]
             if not value then
                 return nil
             end
+            local hit = cached(value)
+            if hit then
+                return hit, value, true
+            end
             -- The scheme name is case-insensitive (RFC 9110 11.1).
             local token = match(value, "^[Bb][Ee][Aa][Rr][Ee][Rr] +([^ ]+) *$")
-            return token or false
+            return token or false, value
         end
     end
     return function()
@@ -181,14 +187,22 @@ local function new_jwt(name, conf)
         challenge = 'Bearer realm="api"',
         hide = conf.hide and credential_remover(conf.source) or nil,
     }
+    local function cached(key)
+        return verifier:cached(key)
+    end
     function scheme.check(scopes)
-        local token = read()
+        local token, raw, hit = read(cached)
         if token == nil then
             return nil, 401, "jwt_missing"
         elseif token == false then
             return nil, 401, "jwt_malformed"
         end
-        local claims, reason = verifier:verify(token)
+        local claims, reason
+        if hit then
+            claims = token
+        else
+            claims, reason = verifier:verify(token, raw)
+        end
         if not claims then
             return nil, reason == "jwks_unavailable" and 503 or 401, reason
         end

@@ -171,11 +171,20 @@ local function is_time(v)
     return v == nil or type(v) == "number"
 end
 
+-- The claims of a token verified earlier under this cache key, or nil.
+function Verifier:cached(cache_key)
+    local cache = self.cache
+    return cache and cache:get(cache_key) or nil
+end
+
 -- Returns the claims table, or nil, a reason code and a detail.
-function Verifier:verify(token)
+-- cache_key, when given, replaces the token as the verified-token cache key:
+-- a caller can key on the raw header value and skip extracting the token
+-- on a hit.
+function Verifier:verify(token, cache_key)
     local cache = self.cache
     if cache then
-        local hit = cache:get(token)
+        local hit = cache:get(cache_key or token)
         if hit then
             return hit
         end
@@ -274,7 +283,7 @@ function Verifier:verify(token)
             ttl = math_min(ttl, exp + leeway - t)
         end
         if ttl > 0 then
-            cache:set(token, claims, ttl)
+            cache:set(cache_key or token, claims, ttl)
         end
     end
     return claims
