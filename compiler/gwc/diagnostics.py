@@ -44,6 +44,14 @@ CODES = {
     "GW049": "API-key scheme without a key file",
     "GW050": "output directory cannot be written",
     "GW060": "generated configuration failed verification",
+    "GW070": "schema cannot be read (bad $ref, wrong JSON type for a keyword)",
+    "GW071": "pattern is not valid ECMA-262",
+    "GW072": "pattern cannot run safely on PCRE (lookbehind, backreference, nested quantifier)",
+    "GW073": "schema keyword not supported by the validator compiler",
+    "GW074": "schema recursion that consumes no input (infinite loop)",
+    "GW075": "parameter cannot be validated (unsupported style, missing schema)",
+    "GW076": "request body media type cannot be validated",
+    "GW077": "invalid AWS request validator reference",
 }
 
 

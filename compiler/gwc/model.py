@@ -20,6 +20,7 @@ from .paths import PathTemplate, parse_template, substitute_ok
 from .resources import SCHEMA_BASE, schemas
 from .schema_defaults import level_schema, with_defaults
 from .security import NO_SECURITY, Access, Security, SecurityBuilder
+from .validation import aws_switches
 from .validate import HTTP_METHODS
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
@@ -390,7 +391,11 @@ class _Builder:
                 access = self.access(op, merged, src, op_ptr, gw_ptr, f"{method.upper()} {path_key}")
                 if access is None:
                     continue
-                validate = merged["validate"]
+                validate = dict(merged["validate"])
+                aws = aws_switches(self.doc, op_ptr) if src is root_src else None
+                if aws is not None:  # AWS request validators can only turn validation off
+                    validate["parameters"] = validate["parameters"] and aws[0]
+                    validate["body"] = validate["body"] and aws[1]
                 rewrite = merged.get("path")
                 if rewrite is not None:
                     missing = substitute_ok(rewrite, template.params)

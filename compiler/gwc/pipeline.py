@@ -10,6 +10,7 @@ from . import model as model_stage
 from . import plan as plan_stage
 from . import render as render_stage
 from . import validate as validate_stage
+from . import validation
 from .cache import ValidationCache
 from .diagnostics import Diagnostic, has_errors
 
@@ -54,7 +55,30 @@ def check(path: str, listen: Optional[List[str]] = None, structural: bool = True
         return Result(_locate(diags, doc))
     the_plan, plan_diags = plan_stage.plan(gateway)
     diags += plan_diags
+    if the_plan is not None and not has_errors(diags):
+        source, validation_diags = _validators(doc, gateway)
+        diags += validation_diags
+        the_plan = replace(the_plan, validators_lua=source)
     return Result(_locate(diags, doc), the_plan)
+
+
+def _validators(doc: load_stage.Document, gateway) -> tuple:
+    """Request validators for every operation that declares something to validate."""
+    dialect = "oas31" if gateway.openapi.startswith("3.1") else "oas30"
+    targets = [
+        validation.Target(
+            operation_id=op.operation_id, method=op.method, file=op.file, pointer=op.pointer,
+            path_params=tuple(op.template.params), parameters=op.validate_parameters,
+            body=op.validate_body, max_errors=op.max_errors, dialect=dialect,
+        )
+        for op in gateway.operations
+        if op.needs_validation
+    ]
+    aws = validation.aws_diagnostics(doc, [op.pointer for op in gateway.operations if op.file == doc.root.display])
+    if not targets:
+        return None, aws
+    source, diags = validation.compile_validators(doc, targets)
+    return source, aws + diags
 
 
 def build(path: str, options: render_stage.RenderOptions, listen: Optional[List[str]] = None, cache: Optional[ValidationCache] = None) -> Result:

@@ -52,12 +52,15 @@ class Plan:
     locations: Tuple[Location, ...]
     operation_locations: Tuple[str, ...]
     routes: Tuple[Route, ...]
+    validators_lua: Optional[str] = None  # the generated request validators, when any
 
     def route_data(self) -> dict:
         """JSON-ready dispatch data consumed by lua/gwc/router.lua."""
         ops = []
         for op, loc in zip(self.gateway.operations, self.operation_locations):
             entry = {"id": op.operation_id, "loc": loc}
+            if op.needs_validation and op.template.params:
+                entry["keep_path"] = True  # validation re-reads the path parameters
             if op.rewrite is not None:
                 entry["rewrite"] = _rewrite_parts(op)
             if op.mock is not None:

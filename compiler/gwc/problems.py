@@ -79,6 +79,13 @@ REASONS: Dict[str, str] = {
     "authorizer_denied": "The authorizer denied the request.",
     "authorizer_unavailable": "The authorizer is unavailable.",
     "ip_denied": "The client address is not allowed.",
+    # Request validation; the body's `errors` member lists each failure.
+    "invalid_request": "The request does not match the API description.",
+    "body_required": "The operation requires a request body.",
+    "unsupported_media_type": "The operation does not accept this Content-Type.",
+    "body_too_large": "The request body is larger than the operation accepts.",
+    "body_malformed": "The request body is not well-formed.",
+    "body_too_deep": "The request body nests too deeply.",
 }
 
 # nginx's internal codes for request-header and TLS client-certificate

@@ -138,6 +138,8 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
     files["lua/gwc/data/routes.json"] = _json_bytes(plan.route_data())
     files["lua/gwc/data/problems.json"] = _json_bytes(problems.catalogue())
     files["lua/gwc/data/access.json"] = _json_bytes(plan.access_data())
+    if plan.validators_lua is not None:
+        files["lua/gwc/data/validators.lua"] = plan.validators_lua.encode("utf-8")
     if plan.gateway.security.consumers is not None:
         # Outside lua/ and the manifest's hashes: operators edit this copy
         # (gwc keys new/revoke --file DIR/keys.json) and reload.

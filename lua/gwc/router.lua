@@ -287,6 +287,9 @@ function _M.route()
 
     local op = ops[index]
     var.gw_op = op.id
+    if op.keep_path then
+        var.gw_path = path
+    end
 
     local target
     local rewrite = op.rewrite
@@ -311,7 +314,8 @@ end
 -- The decoded path parameters of the current request, in template order, for
 -- validation in a later phase (route()'s own captures are scratch space).
 function _M.captures()
-    local r, captured = resolve(var.uri)
+    local path = var.gw_path
+    local r, captured = find_route(path or "")
     if not r then
         return {}
     end

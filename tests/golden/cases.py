@@ -30,8 +30,9 @@ def build_args(name: str, out: Path) -> List[str]:
 
 
 def is_runtime_copy(rel: str) -> bool:
-    """The runtime Lua copied verbatim from lua/: checked against lua/, not stored."""
-    return rel.startswith("lua/") and rel.endswith(".lua")
+    """The runtime Lua copied verbatim from lua/: checked against lua/, not stored.
+    Generated Lua (lua/gwc/data/, the request validators) is golden output."""
+    return rel.startswith("lua/") and rel.endswith(".lua") and not rel.startswith("lua/gwc/data/")
 
 
 def tree(root: Path, generated_only: bool = False) -> Dict[str, bytes]:
@@ -53,7 +54,10 @@ def regenerate() -> List[Tuple[str, Path]]:
         shutil.rmtree(tmp, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "gwc.cli", *build_args(name, tmp)], check=True, cwd=REPO_ROOT)
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(tmp, target, ignore=lambda d, names: [n for n in names if n.endswith(".lua")])
+        generated = tree(tmp, generated_only=True)
+        for rel, data in generated.items():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            (target / rel).write_bytes(data)
         shutil.rmtree(tmp)
         done.append((name, target))
     return done

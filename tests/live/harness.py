@@ -63,6 +63,7 @@ SPEC_VARIANTS: Dict[str, Tuple[str, Dict[str, str]]] = {
     "greedy": ("greedy.yaml", {}),
     "security": ("security.yaml", {"__ENCODED_SLASHES__": "reject"}),
     "security_decode": ("security.yaml", {"__ENCODED_SLASHES__": "decode"}),
+    "validation": ("validation.yaml", {}),
 }
 
 BACKEND_NAMES = ("A", "B")

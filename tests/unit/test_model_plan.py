@@ -90,6 +90,7 @@ def test_plan_orders_routes_by_precedence_and_shares_locations(tmp_path):
         x-gateway:
           upstreams: {a: {servers: ["http://10.0.0.1"]}, b: {servers: ["http://10.0.0.2"]}}
           upstream: a
+          validate: {parameters: false}  # validated operations get their own locations
         paths:
           /{p+}:
             parameters: [{name: p, in: path, required: true, schema: {type: string}}]
