@@ -42,7 +42,7 @@ import paced  # noqa: E402
 import specs  # noqa: E402
 from support.processes import Nginx, free_port, nginx_binary  # noqa: E402  (Nginx.start waits with wait_for_port)
 
-SCENARIOS = ("one-route", "many-routes", "auth", "compile")
+SCENARIOS = ("one-route", "many-routes", "auth", "validation", "compile")
 WRK_SCRIPT = BENCH / "wrk_report.lua"
 RESULTS = BENCH / "results"
 LOG_OFF_LABEL = "access_log off (bench edit)"
@@ -573,6 +573,34 @@ def scenario_auth(base: Path, st: Settings) -> dict:
     return result
 
 
+def scenario_validation(base: Path, st: Settings) -> dict:
+    import validation_micro
+    import yaml
+
+    schemas = yaml.safe_load((REPO / "tests/live/specs/validation.yaml").read_text())["components"]["schemas"]
+    body_file = base / "pet.json"
+    body_file.write_text(validation_micro.pet_body())
+    post = {"GWC_BENCH_METHOD": "POST", "GWC_BENCH_BODY_FILE": str(body_file), "GWC_BENCH_CONTENT_TYPE": "application/json"}
+    with contextlib.ExitStack() as stack:
+        backend = start_backend(stack, base)
+        bare = start_bare(stack, base, backend.port)
+        gw = start_gwc(stack, base, "validation", specs.validation(backend.port, schemas))
+        srv = gw.log_off
+        cases = [
+            Case("bare", "bare proxy_pass, POST", bare, "/pets", shaping=post),
+            Case("unvalidated", "gwc POST, body validation off", srv, "/raw/pets", shaping=post),
+            Case("validated", "gwc POST, Pet body validated", srv, "/pets", shaping=post, note=f"{body_file.stat().st_size} B body"),
+        ]
+        interleaved(cases, st)
+    result = {"cases": {c.key: c.stats() for c in cases}, "body_bytes": body_file.stat().st_size}
+    bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
+    off_cpu = result["cases"]["unvalidated"]["cpu_us_per_req_median"]
+    for c in result["cases"].values():
+        c["ratio_vs_bare"] = c["cpu_us_per_req_median"] / bare_cpu
+        c["added_us_vs_unvalidated"] = c["cpu_us_per_req_median"] - off_cpu
+    return result
+
+
 def _timed_runs(cmd: List[str], runs: int, timeout_s: float = 300, env: Optional[Dict[str, str]] = None) -> List[float]:
     out = []
     for _ in range(runs):
@@ -760,6 +788,22 @@ def markdown(report: dict) -> str:
                 f"{_f(c['ratio_vs_bare'], 3)} | {_f(c['ratio_vs_public'], 3)} | {c['rps_median']:.0f} | {c['unexpected_responses']} | {c['note']} |"
             )
         lines.append("")
+    if "validation" in sc:
+        r = sc["validation"]
+        lines += [
+            f"## validation: POST of a {r['body_bytes']}-byte Pet body (`access_log off`)",
+            "",
+            "\"added\" is the CPU the validation adds over the same gateway's unvalidated operation, measured in the same rounds.",
+            "",
+            "| case | CPU µs/req (median) | min–max | ratio vs bare | added µs | req/s (median) | unexpected responses |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for c in r["cases"].values():
+            lines.append(
+                f"| {c['label']} | {_f(c['cpu_us_per_req_median'])} | {_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | "
+                f"{_f(c['ratio_vs_bare'], 3)} | {_f(c['added_us_vs_unvalidated'])} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
+            )
+        lines.append("")
     if "many-routes" in sc:
         r = sc["many-routes"]
         s = r["spec"]
@@ -890,7 +934,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "settings": {k: v for k, v in vars(st).items() if k not in ("keep_tmp",)},
         "scenarios": {},
     }
-    runners = {"one-route": scenario_one_route, "many-routes": scenario_many_routes, "auth": scenario_auth, "compile": scenario_compile}
+    runners = {"one-route": scenario_one_route, "many-routes": scenario_many_routes, "auth": scenario_auth, "validation": scenario_validation, "compile": scenario_compile}
     tmp = tempfile.mkdtemp(prefix="gwc-bench-")
     # When the bench runs as root, nginx workers run as an unprivileged user
     # and must be able to read the Lua modules they require lazily.

@@ -443,3 +443,19 @@ def auth(backend_port: int, rsa_jwk: dict, ec_jwk: dict, keys_file: str) -> dict
         op["security"] = [{scheme: []}] if scheme else []
         spec["paths"][path] = {"parameters": [_param("petId")], "get": op}
     return spec
+
+
+# --- request validation (issue 4) ---------------------------------------------------------
+
+
+def validation(backend_port: int, schemas: dict) -> dict:
+    """POST /pets validates a Pet body; POST /raw/pets accepts the same body unvalidated."""
+    spec = _root(backend_port, "bench validation")
+    spec["openapi"] = "3.1.0"
+    spec["components"] = {"schemas": schemas}
+    body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pet"}}}}
+    spec["paths"]["/pets"] = {"post": {"operationId": "createPet", "requestBody": body, "responses": _ok()}}
+    spec["paths"]["/raw/pets"] = {
+        "post": {"operationId": "createPetRaw", "requestBody": body, "x-gateway": {"validate": {"body": False}}, "responses": _ok()}
+    }
+    return spec

@@ -25,7 +25,7 @@ from support.lua_runner import LuaRunner
 
 
 def pet_schema() -> dict:
-    spec = yaml.safe_load((ROOT / "tests/validation/e2e_spec.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "tests/live/specs/validation.yaml").read_text())
     schemas = spec["components"]["schemas"]
     return {"$ref": "#/components/schemas/Pet", "components": {"schemas": schemas}}
 
