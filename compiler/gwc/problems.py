@@ -51,6 +51,7 @@ REASONS: Dict[str, str] = {
     # Authentication. Details never echo the credential or say which check
     # of a token failed beyond its class: the log's reason code does that.
     "credentials_missing": "The operation requires credentials.",
+    "credentials_ambiguous": "The credential was sent more than once.",
     "jwt_missing": "The operation requires a bearer token.",
     "jwt_malformed": "The bearer token is malformed.",
     "jwt_too_large": "The bearer token is too large.",

@@ -366,6 +366,9 @@ class SecurityBuilder:
     # --- other policy -----------------------------------------------------------
     def authorizer(self, conf: dict, src: SourceFile, ptr: str) -> Optional[Authorizer]:
         conf = with_defaults(conf, {"$ref": "auth.json#/$defs/authorizer"})
+        if "url" not in conf:
+            self.error("GW021", "x-gateway.authorizer needs a `url` (at this level or an outer one)", src, ptr)
+            return None
         parts = urlsplit(conf["url"])
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -19,6 +19,7 @@ local var = ngx.var
 local req_clear_header = ngx.req.clear_header
 local req_set_header = ngx.req.set_header
 local get_uri_args = ngx.req.get_uri_args
+local get_headers = ngx.req.get_headers
 local set_uri_args = ngx.req.set_uri_args
 local unescape_uri = ngx.unescape_uri
 local decode_base64 = ngx.decode_base64
@@ -52,21 +53,51 @@ local function header_var(name)
     return "http_" .. gsub(lower(name), "-", "_")
 end
 
+-- A credential sent twice is refused (false): nginx's $arg_, $cookie_ and
+-- (before 1.23) $http_ variables see only the first copy, while the
+-- upstream may read the other one.
+local function repeated_cookie(cookie, name)
+    local first = find(cookie, name, 1, true)
+    local count = 0
+    while first do
+        local before = first == 1 and "" or sub(cookie, first - 1, first - 1)
+        if (before == "" or before == ";" or before == " ") and sub(cookie, first + #name, first + #name) == "=" then
+            count = count + 1
+            if count > 1 then
+                return true
+            end
+        end
+        first = find(cookie, name, first + 1, true)
+    end
+    return false
+end
+
 local function source_reader(source)
     local name = source.name
     if source["in"] == "query" then
         local v = "arg_" .. name
         return function()
             local value = var[v]
-            return value and unescape_uri(value) or nil
+            if not value then
+                return nil
+            end
+            if type(get_uri_args(100)[name]) == "table" then
+                return false
+            end
+            return unescape_uri(value)
         end
     elseif source["in"] == "cookie" then
         local v = "cookie_" .. name
         return function()
-            return var[v]
+            local value = var[v]
+            if value and repeated_cookie(var.http_cookie, name) then
+                return false
+            end
+            return value
         end
     end
     local v = header_var(name)
+    local key = lower(name)
     if source.bearer then
         -- Returns the token and the raw header value, which keys the
         -- verified-token cache so that a hit needs no token extraction.
@@ -85,7 +116,11 @@ local function source_reader(source)
         end
     end
     return function()
-        return var[v]
+        local value = var[v]
+        if value and type(get_headers(100)[key]) == "table" then
+            return false
+        end
+        return value
     end
 end
 
@@ -232,7 +267,11 @@ local function new_apikey(conf)
         hide = conf.hide and credential_remover(conf.source) or nil,
     }
     function scheme.check()
-        local consumer, reason = apikeys.lookup(read())
+        local key = read()
+        if key == false then
+            return nil, 401, "credentials_ambiguous"
+        end
+        local consumer, reason = apikeys.lookup(key)
         if not consumer then
             return nil, (reason == "apikey_disabled" or reason == "apikey_expired") and 403 or 401, reason
         end

@@ -231,8 +231,11 @@ local function fetch(self)
     local shm = self.shm
     local uri = self.uri
     if self.discovery then
-        local disc, err = get_json(self, self.discovery)
-        if disc then
+        local disc, body_or_err = get_json(self, self.discovery)
+        local err
+        if not disc then
+            err = body_or_err
+        else
             if type(disc.jwks_uri) ~= "string" then
                 err = "discovery document without jwks_uri"
             else
@@ -337,16 +340,16 @@ local function lookup(self, kid, alg)
         end
         return nil, "jwt_unknown_kid"
     end
-    -- Without a kid only a one-key set is unambiguous: with several keys,
-    -- even of different types, the issuer must say which one it used.
-    local count = self.count
-    if count == 0 then
+    -- Without a kid a token is unambiguous only when one key of the set can
+    -- verify its alg. Keys are typed, so the others (an RSA key beside an
+    -- HMAC secret, say) can never be tried for it.
+    if self.count == 0 then
         return nil, "jwks_unavailable"
     end
     local list = self.by_alg[alg]
     if not list then
         return nil, "jwt_alg_not_allowed"
-    elseif count > 1 then
+    elseif list[2] then
         return nil, "jwt_kid_required"
     end
     return list[1]

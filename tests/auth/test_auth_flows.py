@@ -102,9 +102,6 @@ def test_oidc_discovery_was_used(gateways, mint, jwks):
     assert jwks.count("/oidc/jwks.json") >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="gwc bug: lua/gwc/jwks.lua fetch() takes get_json's second return value (the raw body, "
-                   "returned on success) as the error, so every successful discovery logs `discovery failed: <whole document>` at [warn] "
-                   "and only works because the jwks_uri it just stored is read back")
 def test_oidc_discovery_success_logs_no_failure(gateways, mint):
     gw = gateways.get("rotation")
     sent = _get(gw, mint, "/oidc", {"alg": "RS256", "key": "rsa3", "kid": "oidc1", "claims": {"iss": "https://oidc.test/"}})
