@@ -36,7 +36,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 ISSUER = "https://issuer.test/"
 AUDIENCE = "gwc-tests"
-HMAC_SECRET = "gwc-test-hmac-secret-0123456789abcdef-not-a-real-one"
+HMAC_SECRET = "gwc-test-hmac-secret-0123456789abcdef-0123456789abcdef-not-a-real-one"  # >= 64 bytes: HS512
 HMAC_ENV = "GWC_TEST_JWT_SECRET"
 
 ALG_KEY = {
