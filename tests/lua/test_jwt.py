@@ -225,8 +225,9 @@ def test_attack_suite_controls(lua):
         # The only P-256 key of the set: unambiguous without a kid, since
         # typed keys of other algorithms are never tried for ES256.
         mint("ES256", kid=None),
-        mint("RS256", claims(exp=NOW - 30)),  # within the leeway
-        mint("RS256", claims(nbf=NOW + 30)),
+        # Relative to now, not to import time: the suite may run for minutes.
+        mint("RS256", claims(exp=int(time.time()) - 30)),  # within the leeway
+        mint("RS256", claims(nbf=int(time.time()) + 30)),
         mint("RS256", claims(aud=["cats", "pets"])),
         mint("RS256", claims(aud=None, client_id="pets")),
         mint("RS256", claims(exp=None)),  # exp is optional
