@@ -76,6 +76,7 @@ REASONS: Dict[str, str] = {
     "basic_missing": "The operation requires a user name and password.",
     "basic_invalid": "The user name or password is not valid.",
     "mtls_required": "The operation requires a verified client certificate.",
+    "mtls_unverified": "The client certificate could not be verified.",
     "authorizer_identity_missing": "The operation requires credentials.",
     "authorizer_denied": "The authorizer denied the request.",
     "authorizer_unavailable": "The authorizer is unavailable.",

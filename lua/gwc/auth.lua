@@ -43,6 +43,7 @@ local _M = { _VERSION = "0.1.0" }
 local RANK = { [401] = 1, [403] = 3, [503] = 4 }
 local MISSING = {
     jwt_missing = true, apikey_missing = true, basic_missing = true, mtls_required = true,
+    authorizer_identity_missing = true,
 }
 
 local schemes = {}
@@ -344,7 +345,13 @@ local function new_mtls(conf)
     local subject_header, fingerprint_header = conf.subject_header, conf.fingerprint_header
     local scheme = { kind = "mtls" }
     function scheme.check()
-        if var.ssl_client_verify ~= "SUCCESS" then
+        local verdict = var.ssl_client_verify
+        if verdict ~= "SUCCESS" then
+            -- NONE (or no TLS at all): no certificate; FAILED:<why>: one that
+            -- does not chain to client_ca, is expired or revoked.
+            if verdict and verdict ~= "NONE" and verdict ~= "" then
+                return nil, 401, "mtls_unverified"
+            end
             return nil, 401, "mtls_required"
         end
         return true
