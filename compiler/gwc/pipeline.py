@@ -53,17 +53,25 @@ def check(path: str, listen: Optional[List[str]] = None, structural: bool = True
     diags += model_diags
     if has_errors(diags) or gateway is None:
         return Result(_locate(diags, doc))
+    module, validation_diags = _validators(doc, gateway)
+    diags += validation_diags
+    if has_errors(diags):
+        return Result(_locate(diags, doc))
+    if module is not None:
+        # Operations whose validator would check nothing skip the access phase.
+        gateway = replace(gateway, operations=tuple(
+            op if op.operation_id in module.operations else replace(op, validate_parameters=False, validate_body=False)
+            for op in gateway.operations
+        ))
     the_plan, plan_diags = plan_stage.plan(gateway)
     diags += plan_diags
-    if the_plan is not None and not has_errors(diags):
-        source, validation_diags = _validators(doc, gateway)
-        diags += validation_diags
-        the_plan = replace(the_plan, validators_lua=source)
+    if the_plan is not None and module is not None and module.operations:
+        the_plan = replace(the_plan, validators_lua=module.source)
     return Result(_locate(diags, doc), the_plan)
 
 
 def _validators(doc: load_stage.Document, gateway) -> tuple:
-    """Request validators for every operation that declares something to validate."""
+    """Request validators (a ValidatorModule, or None) for every operation that declares something to validate."""
     dialect = "oas31" if gateway.openapi.startswith("3.1") else "oas30"
     targets = [
         validation.Target(
@@ -77,8 +85,8 @@ def _validators(doc: load_stage.Document, gateway) -> tuple:
     aws = validation.aws_diagnostics(doc, [op.pointer for op in gateway.operations if op.file == doc.root.display])
     if not targets:
         return None, aws
-    source, diags = validation.compile_validators(doc, targets)
-    return source, aws + diags
+    module = validation.compile_validator_module(doc, targets)
+    return module, aws + list(module.diagnostics)
 
 
 def build(path: str, options: render_stage.RenderOptions, listen: Optional[List[str]] = None, cache: Optional[ValidationCache] = None) -> Result:

@@ -7,6 +7,7 @@ nginx finds in its static location tree.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,8 +30,31 @@ class Location:
     upstream: Optional[Upstream]
     lua_access: bool = False  # auth or validation runs in access_by_lua
     max_body_size: Optional[str] = None
-    ip: Optional[IpPolicy] = None
+    ip_variable: Optional[str] = None  # the geo variable of the location's IP policy: "1" allows
     body_buffer_size: str = "1m"  # the effective body limit, so validated bodies stay in memory
+
+
+@dataclass(frozen=True)
+class IpGeo:
+    """One distinct IP policy as an nginx `geo` map of the client address.
+
+    geo picks the longest matching prefix, while the policy says deny wins
+    over allow; an allowed block inside a denied one is therefore dropped,
+    which makes the two agree (a denied block inside an allowed one is
+    already more specific)."""
+
+    variable: str
+    default: int
+    entries: Tuple[Tuple[str, int], ...]  # (CIDR, 1 allow / 0 deny)
+
+    @classmethod
+    def of(cls, variable: str, policy: IpPolicy) -> "IpGeo":
+        deny = [ipaddress.ip_network(c) for c in policy.deny]
+        allow = [ipaddress.ip_network(c) for c in policy.allow]
+        kept_allow = [a for a in allow if not any(a.version == d.version and a.subnet_of(d) for d in deny)]
+        entries = {str(n): 1 for n in kept_allow}
+        entries.update({str(n): 0 for n in deny})
+        return cls(variable, 0 if policy.allow else 1, tuple(sorted(entries.items())))
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,7 @@ class Plan:
     locations: Tuple[Location, ...]
     operation_locations: Tuple[str, ...]
     routes: Tuple[Route, ...]
+    ip_geos: Tuple[IpGeo, ...] = ()
     validators_lua: Optional[str] = None  # the generated request validators, when any
 
     def route_data(self) -> dict:
@@ -242,6 +267,10 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
     if diags:
         return None, diags
 
+    geos: Dict[IpPolicy, IpGeo] = {}
+    for op in gateway.operations:
+        if op.access.ip is not None and op.access.ip not in geos:
+            geos[op.access.ip] = IpGeo.of(f"$gw_ip_{len(geos) + 1}", op.access.ip)
     locations: List[Location] = []
     index_of: Dict[tuple, str] = {}
     op_locs = []
@@ -254,6 +283,7 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
             index_of[key] = ident
             up = gateway.upstream(op.upstream) if kind == "proxy" else None
             buffer = op.max_body_size or gateway.nginx.client_max_body_size
-            locations.append(Location(ident, kind, up, lua_access, op.max_body_size, op.access.ip, buffer))
+            ip_variable = geos[op.access.ip].variable if op.access.ip is not None else None
+            locations.append(Location(ident, kind, up, lua_access, op.max_body_size, ip_variable, buffer))
         op_locs.append(index_of[key])
-    return Plan(gateway, tuple(locations), tuple(op_locs), tuple(routes)), diags
+    return Plan(gateway, tuple(locations), tuple(op_locs), tuple(routes), tuple(geos.values())), diags

@@ -81,11 +81,6 @@ function _M.respond(status)
         status = status and status >= 400 and status < 600 and status or 500
     end
     local reason = var.gw_problem
-    if (not reason or reason == "") and status == 403 then
-        -- Lua sends its own 403s; through error_page only nginx's allow/deny does.
-        reason = "ip_denied"
-        var.gw_problem = reason
-    end
     if reason and reason ~= "" then
         detail = REASONS[reason]
     end

@@ -284,3 +284,42 @@ def test_forwarded_headers_are_stripped_where_no_lua_runs(tmp_path):
     for block in public:
         blanked = {d["args"][0] for d in block if d["directive"] == "proxy_set_header" and d["args"][1] == ""}
         assert {"X-User", "X-Scopes"} <= blanked
+
+
+def test_ip_policy_is_a_geo_map_where_deny_wins(tmp_path):
+    """geo picks the longest prefix; the policy says deny wins. An allowed block
+    inside a denied one is dropped, so the two agree."""
+    import crossplane
+    import ipaddress
+
+    gateway = "  ip: {allow: [10.1.0.0/16, 192.168.0.0/24, '2001:db8::/32'], deny: [10.0.0.0/8, 192.168.0.7]}\n"
+    _build(tmp_path, spec(root="security: []\n", gateway=gateway))
+    parsed = crossplane.parse(str(tmp_path / "out/nginx.conf"), comments=False, strict=False)
+    geos = []
+
+    def walk(block):
+        for d in block:
+            if d["directive"] == "geo":
+                geos.append((d["args"], {e["directive"]: e["args"] for e in d["block"]}))
+            walk(d.get("block", []))
+
+    for conf in parsed["config"]:
+        walk(conf["parsed"])
+    assert len(geos) == 1
+    (variable,), entries = geos[0]
+    assert entries == {
+        "default": ["0"],
+        "10.0.0.0/8": ["0"],
+        "192.168.0.0/24": ["1"],
+        "192.168.0.7/32": ["0"],
+        "2001:db8::/32": ["1"],
+    }
+
+    def verdict(address):
+        ip = ipaddress.ip_address(address)
+        best = max((ipaddress.ip_network(c) for c in entries if c != "default" and ip in ipaddress.ip_network(c)),
+                   key=lambda n: n.prefixlen, default=None)
+        return entries[str(best)][0] if best else entries["default"][0]
+
+    assert [verdict(a) for a in ("10.1.2.3", "10.9.9.9", "192.168.0.5", "192.168.0.7", "2001:db8::1", "8.8.8.8")] == \
+        ["0", "0", "1", "0", "1", "0"]

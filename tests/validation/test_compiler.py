@@ -219,3 +219,39 @@ def test_unusable_discriminator_and_object_parameters_are_warnings(tmp_path):
     doc, _ = load(str(path))
     _, diags = compile_validators(doc, [_target(doc, "a", "/paths/~1a/post")])
     assert sorted((d.code, d.severity) for d in diags) == [("GW073", "warning"), ("GW075", "warning")]
+
+
+def test_operations_with_nothing_to_check_get_no_validator(tmp_path):
+    """A plain string path parameter (or an optional unconstrained query one)
+    can never be invalid: no validator, so no access phase, so no cost."""
+    from gwc import pipeline
+
+    (tmp_path / "api.yaml").write_text(textwrap.dedent("""\
+        openapi: 3.1.0
+        info: {title: t, version: "1"}
+        x-gateway: {upstreams: {u: {servers: ["http://127.0.0.1:9"]}}, upstream: u}
+        paths:
+          /plain/{id}:
+            parameters: [{name: id, in: path, required: true, schema: {type: string, description: any id}}]
+            get:
+              operationId: plain
+              parameters: [{name: q, in: query, schema: {type: string}}]
+              responses: {"200": {description: ok}}
+          /typed/{id}:
+            parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
+            get: {operationId: typed, responses: {"200": {description: ok}}}
+          /needed:
+            get:
+              operationId: needed
+              parameters: [{name: q, in: query, required: true, schema: {type: string}}]
+              responses: {"200": {description: ok}}
+        """))
+    result = pipeline.check(str(tmp_path / "api.yaml"))
+    assert result.ok, result.diagnostics
+    by_id = {op.operation_id: op for op in result.plan.gateway.operations}
+    assert not by_id["plain"].needs_validation
+    assert by_id["typed"].needs_validation and by_id["needed"].needs_validation
+    assert 'ops["plain"]' not in result.plan.validators_lua and 'ops["typed"]' in result.plan.validators_lua
+    access = {loc.ident: loc.lua_access for loc in result.plan.locations}
+    op_loc = dict(zip((op.operation_id for op in result.plan.gateway.operations), result.plan.operation_locations))
+    assert access[op_loc["plain"]] is False and access[op_loc["typed"]] is True

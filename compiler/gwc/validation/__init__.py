@@ -5,6 +5,9 @@ and codes.CODES.
 """
 from .aws import aws_diagnostics, aws_switches
 from .codes import CODES
-from .module import Target, compile_schema, compile_validators
+from .module import Target, ValidatorModule, compile_schema, compile_validator_module, compile_validators
 
-__all__ = ["CODES", "Target", "aws_diagnostics", "aws_switches", "compile_schema", "compile_validators"]
+__all__ = [
+    "CODES", "Target", "ValidatorModule", "aws_diagnostics", "aws_switches", "compile_schema",
+    "compile_validator_module", "compile_validators",
+]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from ..diagnostics import ERROR, Diagnostic
 from ..load import Document, LoadError, SourceFile
@@ -71,14 +71,30 @@ def _file_key(doc: Document, name: str) -> Optional[str]:
     return None
 
 
+@dataclass(frozen=True)
+class ValidatorModule:
+    source: str
+    operations: FrozenSet[str]  # the operations with a validator: the others have nothing to check
+    diagnostics: Tuple[Diagnostic, ...]
+
+
 def compile_validators(doc: Document, targets: Sequence[Target]) -> Tuple[str, List[Diagnostic]]:
-    """Lua source of a module returning { [operation_id] = validator }, plus diagnostics.
+    """Lua source of a module returning { [operation_id] = validator }, plus diagnostics."""
+    module = compile_validator_module(doc, targets)
+    return module.source, list(module.diagnostics)
+
+
+def compile_validator_module(doc: Document, targets: Sequence[Target]) -> ValidatorModule:
+    """The validators of `targets`.
 
     A validator takes the path captures (decoded strings in template order) and
     records errors through gwc.validation; lua/gwc/validation.lua's check()
-    runs it. Operations whose switches are both off get no entry.
+    runs it. Operations whose switches are both off, or whose parameters and
+    body can never be invalid (say, one `type: string` path parameter), get
+    no entry, so the gateway skips the access phase for them.
     """
     diags: List[Diagnostic] = []
+    validated: List[str] = []
     parts = [HEADER, "local ops = {}\n"]
     by_dialect: Dict[str, List[Target]] = {}
     for t in sorted(targets, key=lambda t: t.operation_id):
@@ -94,7 +110,9 @@ def compile_validators(doc: Document, targets: Sequence[Target]) -> Tuple[str, L
                 diags.append(Diagnostic("GW070", f"operation {t.operation_id}: file {t.file} was not loaded", t.file))
                 continue
             op, problems = build_operation(comp, space, Loc(key, t.pointer), t)
-            ops.append(op)
+            if op.lines:
+                ops.append(op)
+                validated.append(t.operation_id)
             diags.extend(_diag(p.code, p.message, p.loc, sources, p.severity) for p in problems)
         comp.run()
         diags.extend(_diag(p.code, p.message, p.loc, sources, p.severity) for p in comp.problems)
@@ -113,7 +131,7 @@ def compile_validators(doc: Document, targets: Sequence[Target]) -> Tuple[str, L
             base += len(op.tables)
         parts.append("end\n")
     parts.append("return ops\n")
-    return "".join(parts), _dedupe(diags)
+    return ValidatorModule("".join(parts), frozenset(validated), tuple(_dedupe(diags)))
 
 
 def _dedupe(diags: List[Diagnostic]) -> List[Diagnostic]:

@@ -53,6 +53,13 @@ class OperationCode:
         return "\n".join(head + ([text] if text else []) + ["end", ""])
 
 
+# Keywords that never make a value invalid.
+ANNOTATIONS = frozenset({
+    "title", "description", "example", "examples", "default", "deprecated", "readOnly", "writeOnly",
+    "externalDocs", "xml", "$comment", "nullable",
+})
+
+
 def is_json_media(mt: str) -> bool:
     mt = mt.split(";")[0].strip().lower()
     return mt == "application/json" or mt.endswith(JSON_SUFFIX)
@@ -97,6 +104,21 @@ class _Op:
                 return True, None, items, loc
             return True, self.scalar(items), items, iloc
         return False, self.scalar(schema), schema, loc
+
+    def accepts_any_string(self, schema: Any, loc: Loc) -> bool:
+        """True when every string is valid: only `type: string` and annotations."""
+        try:
+            schema, _ = self.deref(schema, loc)
+        except RefError:
+            return False
+        if schema is True or schema == {}:
+            return True
+        if not isinstance(schema, dict):
+            return False
+        types = schema.get("type", "string")
+        if not (types == "string" or (isinstance(types, list) and "string" in types)):
+            return False
+        return all(k in ANNOTATIONS or k.startswith("x-") for k in schema if k != "type")
 
     @staticmethod
     def scalar(schema: Any) -> Optional[str]:
@@ -166,6 +188,10 @@ class _Op:
                 return
             spec["index"] = self.t.path_params.index(name) + 1
         required = bool(p.get("required")) or where == "path"
+        if schema is not None and not is_array and self.accepts_any_string(schema, sloc) and (where == "path" or not required):
+            # Nothing to check: a path segment is always present and always a
+            # string, and an optional parameter with such a schema always passes.
+            return
         tbl = self.code.table(_lua_table(spec))
         L = self.code.lines
         L.append(f"P[1] = {lua_str(where)}; P[2] = {lua_str(name)}")

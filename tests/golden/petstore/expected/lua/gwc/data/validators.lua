@@ -28,7 +28,7 @@ F[1] = function(v, d, c, ev)
             if p ~= nil then
                 if ev then ev["id"] = true end
                 P[d + 1] = "id"
-                if not F[6](p, d + 1, c, nil) then
+                if not F[4](p, d + 1, c, nil) then
                     if not c then return false end
                     ok = false
                     if S.full then return false end
@@ -40,7 +40,7 @@ F[1] = function(v, d, c, ev)
             if p ~= nil then
                 if ev then ev["name"] = true end
                 P[d + 1] = "name"
-                if not F[7](p, d + 1, c, nil) then
+                if not F[5](p, d + 1, c, nil) then
                     if not c then return false end
                     ok = false
                     if S.full then return false end
@@ -52,7 +52,7 @@ F[1] = function(v, d, c, ev)
             if p ~= nil then
                 if ev then ev["tag"] = true end
                 P[d + 1] = "tag"
-                if not F[8](p, d + 1, c, nil) then
+                if not F[6](p, d + 1, c, nil) then
                     if not c then return false end
                     ok = false
                     if S.full then return false end
@@ -70,26 +70,6 @@ F[2] = function(v, d, c, ev)
         ok = false
         if err(d, "type", "must be string") then return false end
     end
-    return ok
-end
-F[3] = function(v, d, c, ev)
-    local ok = true
-    local n = v
-    if not (type(v) == "string") then
-        if not c then return false end
-        ok = false
-        if err(d, "type", "must be string") then return false end
-    end
-    return ok
-end
-F[4] = function(v, d, c, ev)
-    local ok = true
-    local n = v
-    if not (type(v) == "string") then
-        if not c then return false end
-        ok = false
-        if err(d, "type", "must be string") then return false end
-    end
     if not (v == "jpg" or v == "png") then
         if not c then return false end
         ok = false
@@ -97,7 +77,7 @@ F[4] = function(v, d, c, ev)
     end
     return ok
 end
-F[5] = function(v, d, c, ev)
+F[3] = function(v, d, c, ev)
     local ok = true
     local n = v
     if not ((type(v) == "number" and v % 1 == 0)) then
@@ -114,6 +94,26 @@ F[5] = function(v, d, c, ev)
     end
     return ok
 end
+F[4] = function(v, d, c, ev)
+    local ok = true
+    local n = v
+    if not (type(v) == "string") then
+        if not c then return false end
+        ok = false
+        if err(d, "type", "must be string") then return false end
+    end
+    return ok
+end
+F[5] = function(v, d, c, ev)
+    local ok = true
+    local n = v
+    if not (type(v) == "string") then
+        if not c then return false end
+        ok = false
+        if err(d, "type", "must be string") then return false end
+    end
+    return ok
+end
 F[6] = function(v, d, c, ev)
     local ok = true
     local n = v
@@ -124,77 +124,21 @@ F[6] = function(v, d, c, ev)
     end
     return ok
 end
-F[7] = function(v, d, c, ev)
-    local ok = true
-    local n = v
-    if not (type(v) == "string") then
-        if not c then return false end
-        ok = false
-        if err(d, "type", "must be string") then return false end
-    end
-    return ok
-end
-F[8] = function(v, d, c, ev)
-    local ok = true
-    local n = v
-    if not (type(v) == "string") then
-        if not c then return false end
-        ok = false
-        if err(d, "type", "must be string") then return false end
-    end
-    return ok
-end
 T[1] = { required = false, accepts = "application/json", d4 = false, media = { ["application/json"] = { fn = F[1] } } }
-T[2] = { array = false, explode = false, index = 1, style = "simple" }
-T[3] = { array = false, explode = false, index = 1, style = "simple" }
-T[4] = { array = false, explode = false, index = 1, style = "simple" }
-T[5] = { array = false, explode = false, index = 2, style = "simple" }
-T[6] = { array = false, explode = true, kind = "integer", style = "form" }
+T[2] = { array = false, explode = false, index = 2, style = "simple" }
+T[3] = { array = false, explode = true, kind = "integer", style = "form" }
 ops["createPet"] = function(caps)
     S.max = 10
     return body(T[1])
 end
-ops["deletePet"] = function(caps)
-    S.max = 10
-    P[1] = "path"; P[2] = "petId"
-    do
-        local x = param("path", "petId", T[2], caps)
-        if x == nil then
-            if err(2, "required", "missing required path parameter 'petId'") then return end
-        elseif not F[2](x, 2, true, nil) then
-            if S.full then return end
-        end
-    end
-end
-ops["getPet"] = function(caps)
-    S.max = 10
-    P[1] = "path"; P[2] = "petId"
-    do
-        local x = param("path", "petId", T[3], caps)
-        if x == nil then
-            if err(2, "required", "missing required path parameter 'petId'") then return end
-        elseif not F[2](x, 2, true, nil) then
-            if S.full then return end
-        end
-    end
-end
 ops["getPetPhoto"] = function(caps)
     S.max = 10
-    P[1] = "path"; P[2] = "petId"
-    do
-        local x = param("path", "petId", T[4], caps)
-        if x == nil then
-            if err(2, "required", "missing required path parameter 'petId'") then return end
-        elseif not F[3](x, 2, true, nil) then
-            if S.full then return end
-        end
-    end
     P[1] = "path"; P[2] = "format"
     do
-        local x = param("path", "format", T[5], caps)
+        local x = param("path", "format", T[2], caps)
         if x == nil then
             if err(2, "required", "missing required path parameter 'format'") then return end
-        elseif not F[4](x, 2, true, nil) then
+        elseif not F[2](x, 2, true, nil) then
             if S.full then return end
         end
     end
@@ -203,9 +147,9 @@ ops["listPets"] = function(caps)
     S.max = 10
     P[1] = "query"; P[2] = "limit"
     do
-        local x = param("query", "limit", T[6], caps)
+        local x = param("query", "limit", T[3], caps)
         if x == nil then
-        elseif not F[5](x, 2, true, nil) then
+        elseif not F[3](x, 2, true, nil) then
             if S.full then return end
         end
     end
