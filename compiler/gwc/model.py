@@ -587,6 +587,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
         declared = declared | {raw_gw["upstream"]}  # report it once, not per operation
     base_path = b.base_path(gw)
     sec = b.security
+    sec.has_resolver = bool(gw["nginx"]["resolver"])
     sec.build_schemes()
     b.root_requirements = sec.requirements(data.get("security"), root, "/security")
     b.consumers = sec.consumers(gw["keys"], root, "/x-gateway/keys") if "keys" in gw else None

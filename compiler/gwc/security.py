@@ -165,16 +165,34 @@ def duration_s(value: Any) -> int:
     return _duration_ms(value) // 1000
 
 
+def _needs_dns(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return False
+    except ValueError:
+        return True
+
+
 class SecurityBuilder:
     def __init__(self, doc: Document, diags: List[Diagnostic]):
         self.doc = doc
         self.diags = diags
+        self.has_resolver = False  # x-gateway.nginx.resolver is set
         self.schemes: Dict[str, SecurityScheme] = {}
         self.declared: Dict[str, str] = {}  # name -> OpenAPI type, even for schemes that failed
 
     def error(self, code: str, message: str, src: SourceFile, ptr: str, key: bool = False) -> None:
         line, col = src.position(ptr, key=key)
         self.diags.append(Diagnostic(code, message, src.display, line, col, ptr))
+
+    def reachable(self, url: str, src: SourceFile, ptr: str) -> bool:
+        """nginx resolves host names in Lua's outbound calls only through `resolver`
+        (not /etc/hosts): without one, such a URL would fail at every request."""
+        if self.has_resolver or not _needs_dns(url):
+            return True
+        self.error("GW043", f"{url!r} names a host, which the gateway can only resolve with x-gateway.nginx.resolver (or use an IP address)", src, ptr)
+        return False
 
     # --- side files ------------------------------------------------------------
     def side_file(self, relative: str, src: SourceFile, ptr: str) -> Optional[SourceFile]:
@@ -266,6 +284,10 @@ class SecurityBuilder:
         secret_env = conf.get("secret_env")
         if wants_hmac and not secret_env:
             self.error("GW043", f"security scheme {name!r}: {', '.join(wants_hmac)} need `secret_env`, the environment variable holding the shared secret", src, gw_ptr + "/algorithms")
+            return None
+        if "jwks_uri" in conf and not self.reachable(conf["jwks_uri"], src, gw_ptr + "/jwks_uri"):
+            return None
+        if discovery and not self.reachable(discovery, src, ptr + "/openIdConnectUrl"):
             return None
         if not (jwks or "jwks_uri" in conf or discovery or secret_env):
             self.error("GW043", f"security scheme {name!r}: JWT needs keys: set x-gateway jwks_uri, jwks_file, jwks or secret_env", src, ptr)
@@ -377,6 +399,8 @@ class SecurityBuilder:
         host = parts.hostname or ""
         if port is None or not host or parts.username or parts.fragment or any(c in conf["url"] for c in "\"'\\ "):
             self.error("GW033", f"bad authorizer URL {conf['url']!r}", src, ptr + "/url")
+            return None
+        if not self.reachable(conf["url"], src, ptr + "/url"):
             return None
         path = parts.path or "/"
         if parts.query:

@@ -144,6 +144,16 @@ BAD = [
         "pointer": "/x-gateway/ip/deny/0",
     },
     {
+        "name": "jwks-host-name-without-resolver",
+        "spec": spec(
+            schemes="    user: {type: http, scheme: bearer, x-gateway: {jwks_uri: 'https://id.example.com/jwks'}}\n",
+            root="security: [{user: []}]\n",
+        ),
+        "code": "GW043",
+        "pointer": "/components/securitySchemes/user/x-gateway/jwks_uri",
+        "message": "x-gateway.nginx.resolver",
+    },
+    {
         "name": "unknown-scheme-setting-has-a-hint",
         "spec": spec(
             schemes="    user: {type: http, scheme: bearer, x-gateway: {jwks_uri: 'http://127.0.0.1:1/', audience: [a]}}\n",
