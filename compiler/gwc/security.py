@@ -7,10 +7,8 @@ scheme, every operation must resolve to requirements or to an explicit
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path

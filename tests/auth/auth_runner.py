@@ -34,9 +34,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
-import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -49,7 +46,7 @@ import pytest
 import yaml
 
 import harness  # tests/live/harness.py
-from support.processes import Nginx, raw_request
+from support.processes import Nginx, log_since, log_size, raw_request
 
 AUTH_DIR = Path(__file__).resolve().parent
 SPECS_DIR = AUTH_DIR / "specs"
@@ -125,18 +122,10 @@ class Gateway:
         return self.out_dir / "logs" / "access.log"
 
     def log_size(self) -> int:
-        try:
-            return self.error_log.stat().st_size
-        except OSError:
-            return 0
+        return log_size(self.error_log)
 
     def log_since(self, offset: int) -> str:
-        try:
-            with open(self.error_log, "rb") as f:
-                f.seek(offset)
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return log_since(self.error_log, offset)
 
     def reload(self, deadline_s: float = 10.0) -> None:
         """nginx -s reload, then wait until the old workers have gone (new ones serve)."""
@@ -201,43 +190,6 @@ class Sent:
     reqline: str
 
 
-def _fill(value: Any, subst: Dict[str, str]) -> Any:
-    if isinstance(value, str):
-        for k, v in subst.items():
-            if k in value:
-                value = value.replace(k, v)
-        return harness._PAD.sub(lambda m: "a" * int(m.group(1)), value)
-    if isinstance(value, list):
-        return [_fill(v, subst) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, subst) for k, v in value.items()}
-    return value
-
-
-def tls_request(port: int, data: bytes, context: ssl.SSLContext, deadline_s: float = 10.0) -> Tuple[int, dict, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=deadline_s) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(data)
-            out = b""
-            end = time.monotonic() + deadline_s
-            while time.monotonic() < end:
-                try:
-                    chunk = s.recv(65536)
-                except ssl.SSLError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-    head, _, body = out.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers: dict = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers.setdefault(k.strip().lower(), v.strip())
-    return status, headers, body
-
-
 def is_background(gw: Gateway, line: str) -> bool:
     """An error a timer logged (no request), of a kind the spec provokes on purpose."""
     return ("context: ngx.timer" in line and "request:" not in line
@@ -258,7 +210,7 @@ def send(gw: Gateway, request: Dict[str, Any], mint: Callable[[dict], str], tls_
     if token is not None:
         subst["__TOKEN__"] = token
     text_before = json.dumps(req)
-    req = _fill(req, subst)
+    req = harness._subst(req, subst)
     headers = dict(req.get("headers") or {})
     if token is not None and "__TOKEN__" not in text_before:
         headers["Authorization"] = f"Bearer {token}"
@@ -275,7 +227,7 @@ def send(gw: Gateway, request: Dict[str, Any], mint: Callable[[dict], str], tls_
         gw.allowed_errors.append((reqline, error_log))
     offset = gw.log_size()
     if req.get("tls"):
-        status, rheaders, body = tls_request(gw.tls_port, data, tls_contexts[req["tls"]])
+        status, rheaders, body = raw_request(gw.tls_port, data, tls=tls_contexts[req["tls"]])
     else:
         status, rheaders, body = raw_request(gw.port, data)
     if error_log:
@@ -297,7 +249,7 @@ def check(case_name: str, gw: Gateway, sent: Sent, expect: Dict[str, Any], metho
         subst[f"__KEY_{cid}__"] = key
     if sent.token is not None:
         subst["__TOKEN__"] = sent.token
-    expect = _fill(copy.deepcopy(expect), subst)
+    expect = harness._subst(copy.deepcopy(expect), subst)
     result = sent.result
     errs: List[str] = []
     hcase = harness.Case(case_name, "auth", gw.spec, case_name, {}, {}, None, {})

@@ -15,7 +15,7 @@ import ssl
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import pytest
 

@@ -50,7 +50,7 @@ from urllib.parse import unquote
 import pytest
 import yaml
 
-from support.processes import raw_request
+from support.processes import log_since, log_size, raw_request
 
 LIVE_DIR = Path(__file__).resolve().parent
 SPECS_DIR = LIVE_DIR / "specs"
@@ -196,18 +196,10 @@ class Gateway:
     allowed_errors: List[Tuple[str, str]] = field(default_factory=list)
 
     def log_size(self) -> int:
-        try:
-            return self.error_log.stat().st_size
-        except OSError:
-            return 0
+        return log_size(self.error_log)
 
     def log_since(self, offset: int) -> str:
-        try:
-            with open(self.error_log, "rb") as f:
-                f.seek(offset)
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return log_since(self.error_log, offset)
 
 
 def render_spec(spec: str, placeholders: Dict[str, str], dest_dir: Path) -> Path:

@@ -6,7 +6,6 @@ chunk runs in a content handler, so cosockets, timers and shared dicts work.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import textwrap
 from pathlib import Path

@@ -8,6 +8,7 @@ import contextlib
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -151,8 +152,6 @@ def echo_backend(name: str = "echo", port: Optional[int] = None, tls: Optional[T
     tls: (certificate chain PEM path, private key PEM path) to serve HTTPS."""
     server = ThreadingHTTPServer(("127.0.0.1", port or 0), _EchoHandler)
     if tls is not None:
-        import ssl
-
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
         server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -202,17 +201,32 @@ def dropping_backend() -> Iterator[int]:
         listener.close()
 
 
-def raw_request(port: int, request: bytes, host: str = "127.0.0.1", deadline_s: float = 10.0) -> Tuple[int, dict, bytes]:
-    """Send bytes exactly as given (no client-side path normalisation); parse one response."""
-    with socket.create_connection((host, port), timeout=deadline_s) as s:
-        s.sendall(request)
-        data = b""
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+def raw_request(port: int, request: bytes, host: str = "127.0.0.1", deadline_s: float = 10.0,
+                tls: Optional[ssl.SSLContext] = None) -> Tuple[int, dict, bytes]:
+    """Send bytes exactly as given (no client-side path normalisation); parse one response.
+    With `tls`, over TLS with that client context (SNI localhost)."""
+    with socket.create_connection((host, port), timeout=deadline_s) as plain:
+        s = tls.wrap_socket(plain, server_hostname="localhost") if tls is not None else plain
+        try:
+            s.sendall(request)
+            data = b""
+            end = time.monotonic() + deadline_s
+            while time.monotonic() < end:
+                try:
+                    chunk = s.recv(65536)
+                except ssl.SSLError:  # a TLS peer closing without close_notify
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            if s is not plain:
+                s.close()
+    return parse_response(data)
+
+
+def parse_response(data: bytes) -> Tuple[int, dict, bytes]:
+    """Status, lower-cased headers (first value wins) and de-chunked body of one response."""
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
@@ -223,6 +237,23 @@ def raw_request(port: int, request: bytes, host: str = "127.0.0.1", deadline_s: 
     if headers.get("transfer-encoding") == "chunked":
         body = _dechunk(body)
     return status, headers, body
+
+
+def log_size(path: Path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def log_since(path: Path, offset: int) -> str:
+    """What a log file gained after `offset` bytes (for per-request error-log checks)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _dechunk(data: bytes) -> bytes:

@@ -38,7 +38,7 @@ def cache_dir() -> Path:
 def suite_root() -> Path:
     from importlib.metadata import version
 
-    import jsonschema  # noqa: F401
+    import jsonschema  # noqa: F401  (the suite version follows the installed jsonschema)
 
     ver = version("jsonschema")
     base = cache_dir()
