@@ -66,7 +66,7 @@ end
 -- Returns the headers to add upstream on allow, or nil, status, reason.
 function _M.check(conf)
     local sources = conf.sources
-    local parts, headers = {}, {}
+    local parts = {}
     local any = false
     for i = 1, #sources do
         local source = sources[i]
@@ -76,7 +76,6 @@ function _M.check(conf)
                 value = unescape_uri(value)
             end
             any = true
-            headers[source.header] = value
             parts[i] = value
         else
             parts[i] = ""
@@ -96,6 +95,12 @@ function _M.check(conf)
                 return hit.headers
             end
             return nil, hit.status, "authorizer_denied"
+        end
+    end
+    local headers = {}
+    for i = 1, #sources do
+        if parts[i] ~= "" then
+            headers[sources[i].header] = parts[i]
         end
     end
     headers["X-Request-Id"] = var.gw_request_id
