@@ -622,6 +622,7 @@ def _stage_breakdown(spec_path: Path, out_dir: Path, port: int) -> Dict[str, flo
     """One in-process build, stage by stage (the same calls pipeline.build makes)."""
     from gwc import load as load_stage
     from gwc import model as model_stage
+    from gwc import pipeline
     from gwc import plan as plan_stage
     from gwc import render as render_stage
     from gwc import validate as validate_stage
@@ -639,6 +640,7 @@ def _stage_breakdown(spec_path: Path, out_dir: Path, port: int) -> Dict[str, flo
     timed("validate: OpenAPI structure (openapi-spec-validator)", lambda: validate_stage.check_openapi_structure(doc))
     timed("validate: x-gateway schemas", lambda: validate_stage.check_gateway(doc))
     gateway, _ = timed("model", lambda: model_stage.build(doc, [f"127.0.0.1:{port}"]))
+    timed("request validators (schemas to Lua)", lambda: pipeline._validators(doc, gateway))
     the_plan, _ = timed("plan (precedence, ambiguity)", lambda: plan_stage.plan(gateway))
     options = render_stage.RenderOptions(target="nginx-lua")
     files, _ = timed("render", lambda: render_stage.render(the_plan, options))

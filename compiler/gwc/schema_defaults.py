@@ -6,13 +6,16 @@ this instead of repeating default values in Python.
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
 from typing import Any, Tuple
 from urllib.parse import urljoin
 
 from .resources import SCHEMA_BASE, schemas
 
 
+@lru_cache(maxsize=None)
 def _lookup(ref: str, base: str) -> Tuple[dict, str]:
+    """The schema a $ref names (shared: callers never mutate it), and its document's URI."""
     uri = urljoin(base, ref)
     doc_uri, _, fragment = uri.partition("#")
     node: Any = schemas()[doc_uri]

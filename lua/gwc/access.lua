@@ -15,6 +15,7 @@ local type = type
 
 local _M = { _VERSION = "0.1.0" }
 
+local NO_CAPTURES = {}
 local policies = {}
 local forwarded = {}
 local validation -- gwc.validation, when the build generated validators
@@ -30,7 +31,11 @@ function _M.load(data, validator_runtime)
     end
     local out = {}
     for op_id, entry in pairs(data.operations) do
-        local policy = { validate = entry.validate == true }
+        local policy = {
+            validate = entry.validate == true,
+            -- Only operations with path parameters need the router to recover them.
+            path_params = type(entry.path_params) == "table" and entry.path_params[1] ~= nil,
+        }
         if type(entry.requirements) == "table" and entry.requirements[1] then
             policy.auth, err = auth.compile(entry.requirements)
             if not policy.auth then
@@ -88,7 +93,7 @@ function _M.run()
         end
     end
     if policy.validate and validation then
-        local status, reason, errors = validation.check(var.gw_op, router.captures())
+        local status, reason, errors = validation.check(var.gw_op, policy.path_params and router.captures() or NO_CAPTURES)
         if status then
             return reject(status, reason, nil, errors and { "errors", errors } or nil)
         end
