@@ -21,6 +21,9 @@ local _M = { _VERSION = "0.1.0" }
 
 local CACHE_SIZE = 10000
 local MAX_BODY = 65536
+-- Authorizer calls sit on the request path (every request when ttl is 0):
+-- reuse connections rather than pay a handshake each time.
+local KEEPALIVE = { timeout = 60000, size = 64 }
 
 local cache -- per worker; created lazily because lrucache must not be shared with the master
 
@@ -112,6 +115,7 @@ function _M.check(conf)
         headers = headers,
         timeout = conf.timeout,
         max_body = MAX_BODY,
+        keepalive = KEEPALIVE,
     })
     if not res then
         ngx.log(ngx.WARN, "gwc: authorizer ", conf.url, " failed: ", err)

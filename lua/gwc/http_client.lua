@@ -70,7 +70,8 @@ local function read_headers(sock)
     if not line then
         return nil, "reading status line: " .. tostring(err)
     end
-    local status = tonumber(match(line, "^HTTP/1%.[01] (%d%d%d)"))
+    local minor, code = match(line, "^HTTP/1%.([01]) (%d%d%d)")
+    local status = tonumber(code)
     if not status then
         return nil, "bad status line"
     end
@@ -94,7 +95,7 @@ local function read_headers(sock)
             headers[name] = prev and (prev .. ", " .. value) or value
         end
     end
-    return status, headers
+    return status, headers, minor == "1"
 end
 
 local function read_chunked(sock, max_body)
@@ -157,10 +158,83 @@ local function read_to_close(sock, max_body)
     end
 end
 
+-- One request on one connection. The third result says the failure came
+-- from a reused pooled connection before any response: worth a fresh retry.
+local function exchange(u, method, req, opts, verify, keepalive, timeout, max_body)
+    local sock = tcp()
+    sock:settimeouts(timeout, timeout, timeout)
+    local ok, err
+    if keepalive then
+        -- A pooled TLS connection was verified with these exact settings.
+        ok, err = sock:connect(u.host, u.port, {
+            pool = concat({ u.scheme, u.host, u.port, opts.server_name or u.host, tostring(verify) }, ":"),
+        })
+    else
+        ok, err = sock:connect(u.host, u.port)
+    end
+    if not ok then
+        return nil, "connect to " .. u.host .. ":" .. u.port .. ": " .. tostring(err)
+    end
+    local reused = keepalive and (sock:getreusedtimes() or 0) > 0
+    if u.scheme == "https" and not reused then
+        ok, err = sock:sslhandshake(nil, opts.server_name or u.host, verify)
+        if not ok then
+            sock:close()
+            return nil, "TLS handshake with " .. u.host .. ": " .. tostring(err)
+        end
+    end
+    ok, err = sock:send(req)
+    if not ok then
+        sock:close()
+        return nil, "send: " .. tostring(err), reused
+    end
+
+    local status, headers, http11 = read_headers(sock)
+    if not status then
+        sock:close()
+        return nil, headers, reused
+    end
+    local res_body = ""
+    local reusable = keepalive and http11 and not find(lower(headers["connection"] or ""), "close", 1, true)
+    if method ~= "HEAD" and status ~= 204 and status ~= 304 and status >= 200 then
+        local te = headers["transfer-encoding"]
+        local cl = headers["content-length"]
+        if te and find(lower(te), "chunked", 1, true) then
+            res_body, err = read_chunked(sock, max_body)
+        elseif cl then
+            local len = tonumber(cl)
+            if not len or len < 0 or find(cl, "[^%d]") then
+                err = "bad Content-Length"
+            elseif len > max_body then
+                err = "response body too large"
+            elseif len > 0 then
+                res_body, err = sock:receive(len)
+                if not res_body then
+                    err = "reading body: " .. tostring(err)
+                end
+            end
+        else
+            reusable = false
+            res_body, err = read_to_close(sock, max_body)
+        end
+    end
+    if reusable and not err then
+        sock:setkeepalive(keepalive.timeout or 60000, keepalive.size or 32)
+    else
+        sock:close()
+    end
+    if err then
+        return nil, err
+    end
+    return { status = status, headers = headers, body = res_body }
+end
+
 -- opts: method (GET), url, headers (map), body (string), timeout (ms, for
 -- connect, each send and each receive), max_body (bytes), ssl_verify
 -- (default true; needs lua_ssl_trusted_certificate), server_name (SNI,
--- default the URL host).
+-- default the URL host), keepalive ({ timeout = ms, size = n }: reuse
+-- connections from a per-worker pool, for callers on the request path such
+-- as the external authorizer).
 -- Returns { status, headers (lower-cased names), body } or nil, err.
 function _M.request(opts)
     if type(opts) ~= "table" or type(opts.url) ~= "string" then
@@ -199,67 +273,24 @@ function _M.request(opts)
     if body then
         req[#req + 1] = "Content-Length: " .. #body .. "\r\n"
     end
-    req[#req + 1] = "Connection: close\r\n\r\n"
+    local keepalive = opts.keepalive
+    req[#req + 1] = keepalive and "Connection: keep-alive\r\n\r\n" or "Connection: close\r\n\r\n"
     if body then
         req[#req + 1] = body
     end
 
-    local sock = tcp()
-    sock:settimeouts(timeout, timeout, timeout)
-    local ok
-    ok, err = sock:connect(u.host, u.port)
-    if not ok then
-        return nil, "connect to " .. u.host .. ":" .. u.port .. ": " .. tostring(err)
+    local verify = opts.ssl_verify
+    if verify == nil then
+        verify = true
     end
-    if u.scheme == "https" then
-        local verify = opts.ssl_verify
-        if verify == nil then
-            verify = true
-        end
-        ok, err = sock:sslhandshake(nil, opts.server_name or u.host, verify)
-        if not ok then
-            sock:close()
-            return nil, "TLS handshake with " .. u.host .. ": " .. tostring(err)
-        end
+    local res, stale
+    res, err, stale = exchange(u, method, req, opts, verify, keepalive, timeout, max_body)
+    if not res and stale then
+        -- A pooled connection the server had already closed: once more, on
+        -- a new connection outside the pool (closed afterwards).
+        res, err = exchange(u, method, req, opts, verify, nil, timeout, max_body)
     end
-    ok, err = sock:send(req)
-    if not ok then
-        sock:close()
-        return nil, "send: " .. tostring(err)
-    end
-
-    local status, headers = read_headers(sock)
-    if not status then
-        sock:close()
-        return nil, headers
-    end
-    local res_body = ""
-    if method ~= "HEAD" and status ~= 204 and status ~= 304 and status >= 200 then
-        local te = headers["transfer-encoding"]
-        local cl = headers["content-length"]
-        if te and find(lower(te), "chunked", 1, true) then
-            res_body, err = read_chunked(sock, max_body)
-        elseif cl then
-            local len = tonumber(cl)
-            if not len or len < 0 or find(cl, "[^%d]") then
-                err = "bad Content-Length"
-            elseif len > max_body then
-                err = "response body too large"
-            elseif len > 0 then
-                res_body, err = sock:receive(len)
-                if not res_body then
-                    err = "reading body: " .. tostring(err)
-                end
-            end
-        else
-            res_body, err = read_to_close(sock, max_body)
-        end
-    end
-    sock:close()
-    if err then
-        return nil, err
-    end
-    return { status = status, headers = headers, body = res_body }
+    return res, err
 end
 
 return _M
