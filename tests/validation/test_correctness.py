@@ -1,6 +1,10 @@
 """The things that usually go wrong when validating JSON in Lua (issue 4)."""
+import json
+
 import pytest
 from gwc.validation import compile_schema
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .helpers import run, valid
 
@@ -154,3 +158,36 @@ def test_every_error_has_a_message(lua):
     errs = res[0]["errors"]
     assert {e["keyword"] for e in errs} == {"required", "additionalProperties", "minProperties", "enum", "format"}
     assert all(e["message"] for e in errs)
+
+
+# Bytes that look like JSON often enough to reach deep into the decoder.
+_JSONISH = st.lists(st.sampled_from(list('{}[]",:0123456789.eE+-tfnrulas\\/ \t\n') + ["\\u", "\\ud83d", "\xe9", "\xff", "1e400"]),
+                    max_size=60).map("".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=80), _JSONISH.map(lambda s: s.encode("utf-8", "surrogatepass"))), min_size=20, max_size=20))
+def test_decoder_never_throws_on_arbitrary_bytes(lua, bodies):
+    """Any body decodes to a value or to (nil, reason): never a Lua error, so never a 500."""
+    import base64
+
+    encoded = ", ".join(f'ngx.decode_base64("{base64.b64encode(b).decode()}")' for b in bodies)
+    got = lua.run(f"""
+        local decode = require("gwc.validation").decode
+        local out = {{}}
+        for i, text in ipairs({{ {encoded} }}) do
+            local ok, value, kind = pcall(decode, text, 64, false)
+            out[i] = ok and (value ~= nil and "value" or tostring(kind)) or ("THREW: " .. tostring(value))
+        end
+        return out
+    """)
+    assert len(got) == len(bodies)
+    assert not [g for g in got if g.startswith("THREW")], got
+    for body, outcome in zip(bodies, got):
+        try:
+            json.loads(body.decode("utf-8"))
+            python_ok = True
+        except (UnicodeDecodeError, ValueError):
+            python_ok = False
+        if outcome == "value":
+            assert python_ok, f"{body!r} decoded in Lua but is not JSON"
