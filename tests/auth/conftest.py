@@ -94,6 +94,8 @@ def pki(auth_work):
     ca_path, ca_key, ca_cert = certs.make_ca(d, "gwc auth test CA")
     server_cert, server_key = certs.make_server_cert(d, ca_key, ca_cert, ["localhost", "127.0.0.1"], stem="server")
     client_cert, client_key = certs.make_server_cert(d, ca_key, ca_cert, ["client.test"], stem="client")
+    revoked_cert, revoked_key = certs.make_server_cert(d, ca_key, ca_cert, ["revoked.test"], stem="revoked")
+    crl = certs.make_crl(d, ca_key, ca_cert, [revoked_cert])
     other = d / "other"
     other.mkdir()
     _, other_key, other_cert = certs.make_ca(other, "gwc untrusted CA")
@@ -111,7 +113,9 @@ def pki(auth_work):
     return {
         "ca": ca_path, "server_cert": server_cert, "server_key": server_key,
         "client_cert": client_cert, "client_key": client_key,
-        "contexts": {"none": context(), "client": context(client_cert, client_key), "untrusted": context(rogue_cert, rogue_key)},
+        "crl": crl,
+        "contexts": {"none": context(), "client": context(client_cert, client_key), "untrusted": context(rogue_cert, rogue_key),
+                     "revoked": context(revoked_cert, revoked_key)},
         "client_x509": client_cert.read_bytes(),
     }
 
@@ -197,6 +201,7 @@ class AuthPool:
             "__CERT__": str(pki["server_cert"]),
             "__CERT_KEY__": str(pki["server_key"]),
             "__CA__": str(pki["ca"]),
+            "__CRL__": str(pki["crl"]),
             "__GATEWAY__": str(port),
         }
 

@@ -66,3 +66,22 @@ def make_server_cert(directory: Path, ca_key, ca_cert: x509.Certificate, names: 
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(_pem_key(key))
     return cert_path, key_path
+
+
+def make_crl(directory: Path, ca_key, ca_cert: x509.Certificate, revoked: List[Path], stem: str = "ca") -> Path:
+    """A CRL of `ca_cert` revoking the certificates (PEM files) in `revoked`."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(days=1))
+    )
+    for cert_path in revoked:
+        serial = x509.load_pem_x509_certificate(Path(cert_path).read_bytes()).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - datetime.timedelta(minutes=1)).build()
+        )
+    path = Path(directory) / f"{stem}.crl.pem"
+    path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return path
