@@ -21,7 +21,7 @@ from .resources import SCHEMA_BASE, schemas
 from .schema_defaults import level_schema, with_defaults
 from .security import NO_SECURITY, Access, Security, SecurityBuilder
 from .validation import aws_switches
-from .validate import HTTP_METHODS
+from .validate import HTTP_METHODS, gateway_locations
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -179,6 +179,10 @@ class _Builder:
         self.doc = doc
         self.diags: List[Diagnostic] = []
         self.security = SecurityBuilder(doc, self.diags)
+        # Document-wide access settings, decided before the operations.
+        self.root_requirements = None
+        self.consumers = None
+        self.mtls_ready = False
 
     def error(self, code: str, message: str, src: SourceFile, ptr: str, key: bool = False) -> None:
         line, col = src.position(ptr, key=key)
@@ -388,7 +392,7 @@ class _Builder:
                 else:
                     self.error("GW036", f"{method.upper()} {path_key} has no integration: set x-gateway.upstream or x-gateway.mock", src, op_ptr)
                     continue
-                access = self.access(op, merged, src, op_ptr, gw_ptr, f"{method.upper()} {path_key}")
+                access = self.access(op, item, merged, src, op_ptr, f"{method.upper()} {path_key}")
                 if access is None:
                     continue
                 validate = dict(merged["validate"])
@@ -416,9 +420,16 @@ class _Builder:
                 )
         return tuple(out)
 
-
     # --- access policy ----------------------------------------------------------
-    def access(self, op: dict, merged: dict, src: SourceFile, op_ptr: str, gw_ptr: str, label: str) -> Optional[Access]:
+    def _innermost(self, key: str, op: dict, item: dict, src: SourceFile, op_ptr: str) -> Tuple[SourceFile, str]:
+        """Where the merged x-gateway `key` comes from: the operation, its path item, or the root."""
+        if key in (op.get("x-gateway") or {}):
+            return src, f"{op_ptr}/x-gateway/{key}"
+        if key in (item.get("x-gateway") or {}):
+            return src, f"{op_ptr.rsplit('/', 1)[0]}/x-gateway/{key}"
+        return self.doc.root, f"/x-gateway/{key}"
+
+    def access(self, op: dict, item: dict, merged: dict, src: SourceFile, op_ptr: str, label: str) -> Optional[Access]:
         """The operation's requirements, authorizer and IP rules; None after an error."""
         sec = self.security
         if "security" in op:
@@ -433,14 +444,10 @@ class _Builder:
             requirements = None
         authorizer = None
         if "authorizer" in merged:
-            where = gw_ptr + "/authorizer" if "authorizer" in (op.get("x-gateway") or {}) else "/x-gateway/authorizer"
-            authorizer = sec.authorizer(merged["authorizer"], src if where.startswith(op_ptr) else self.doc.root, where)
+            authorizer = sec.authorizer(merged["authorizer"], *self._innermost("authorizer", op, item, src, op_ptr))
             if authorizer is None:
                 return None
-        ip = None
-        if "ip" in merged:
-            where = gw_ptr + "/ip" if "ip" in (op.get("x-gateway") or {}) else "/x-gateway/ip"
-            ip = sec.ip_policy(merged["ip"], src if where.startswith(op_ptr) else self.doc.root, where)
+        ip = sec.ip_policy(merged["ip"]) if "ip" in merged else None
         if requirements is None and authorizer is None and sec.declared:
             self.error(
                 "GW040",
@@ -588,6 +595,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
     base_path = b.base_path(gw)
     sec = b.security
     sec.has_resolver = bool(gw["nginx"]["resolver"])
+    sec.check_ip_rules(gateway_locations(doc))
     sec.build_schemes()
     b.root_requirements = sec.requirements(data.get("security"), root, "/security")
     b.consumers = sec.consumers(gw["keys"], root, "/x-gateway/keys") if "keys" in gw else None

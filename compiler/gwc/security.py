@@ -8,6 +8,7 @@ scheme, every operation must resolve to requirements or to an explicit
 from __future__ import annotations
 
 import datetime as dt
+import json
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -177,6 +178,9 @@ class SecurityBuilder:
         self.doc = doc
         self.diags = diags
         self.has_resolver = False  # x-gateway.nginx.resolver is set
+        # Settings at the root or on a path item apply to many operations:
+        # each (merged value, location) is built, and reported, once.
+        self._built: Dict[Tuple[str, str, str], Any] = {}
         self.schemes: Dict[str, SecurityScheme] = {}
         self.declared: Dict[str, str] = {}  # name -> OpenAPI type, even for schemes that failed
 
@@ -384,7 +388,39 @@ class SecurityBuilder:
         return tuple(out)
 
     # --- other policy -----------------------------------------------------------
+    def _once(self, build, conf: dict, src: SourceFile, ptr: str):
+        key = (src.display, ptr, json.dumps(conf, sort_keys=True, default=str))
+        if key not in self._built:
+            self._built[key] = build(conf, src, ptr)
+        return self._built[key]
+
     def authorizer(self, conf: dict, src: SourceFile, ptr: str) -> Optional[Authorizer]:
+        return self._once(self._authorizer, conf, src, ptr)
+
+    def check_ip_rules(self, locations) -> bool:
+        """Reports every bad address in `ip` and `trusted_proxies`, once, where it is
+        written (levels merge later, so errors are found per level). locations:
+        (level, x-gateway value, file, pointer) as validate.gateway_locations yields."""
+        ok = True
+        for _level, value, src, ptr in locations:
+            if not isinstance(value, dict):
+                continue
+            rules = value.get("ip") if isinstance(value.get("ip"), dict) else {}
+            for key in ("allow", "deny"):
+                if isinstance(rules.get(key), list) and self.cidrs(rules[key], src, f"{ptr}/ip/{key}") is None:
+                    ok = False
+        return ok
+
+    def ip_policy(self, conf: dict) -> Optional[IpPolicy]:
+        """The merged policy of an operation; its addresses were checked by check_ip_rules."""
+        try:
+            allow = tuple(str(ipaddress.ip_network(str(c), strict=False)) for c in conf.get("allow", []))
+            deny = tuple(str(ipaddress.ip_network(str(c), strict=False)) for c in conf.get("deny", []))
+        except ValueError:
+            return None
+        return IpPolicy(allow, deny) if allow or deny else None
+
+    def _authorizer(self, conf: dict, src: SourceFile, ptr: str) -> Optional[Authorizer]:
         conf = with_defaults(conf, {"$ref": "auth.json#/$defs/authorizer"})
         if "url" not in conf:
             self.error("GW021", "x-gateway.authorizer needs a `url` (at this level or an outer one)", src, ptr)
@@ -422,15 +458,6 @@ class SecurityBuilder:
                 continue
             out.append(str(net))
         return tuple(out) if ok else None
-
-    def ip_policy(self, conf: dict, src: SourceFile, ptr: str) -> Optional[IpPolicy]:
-        allow = self.cidrs(conf.get("allow", []), src, ptr + "/allow")
-        deny = self.cidrs(conf.get("deny", []), src, ptr + "/deny")
-        if allow is None or deny is None:
-            return None
-        if not allow and not deny:
-            return None
-        return IpPolicy(allow, deny)
 
     def consumers(self, relative: str, src: SourceFile, ptr: str) -> Optional[Tuple[Consumer, ...]]:
         side = self.side_file(relative, src, ptr)

@@ -333,3 +333,17 @@ def test_ip_policy_is_a_geo_map_where_deny_wins(tmp_path):
 
     assert [verdict(a) for a in ("10.1.2.3", "10.9.9.9", "192.168.0.5", "192.168.0.7", "2001:db8::1", "8.8.8.8")] == \
         ["0", "0", "1", "0", "1", "0"]
+
+
+def test_a_root_level_mistake_is_reported_once_at_its_place(tmp_path):
+    """An IP rule at the root applies to every operation, but its error is one diagnostic, at the root."""
+    (tmp_path / "api.yaml").write_text(spec(root="security: []\n", gateway="  ip: {deny: [10.0.0.0/33]}\n") + """\
+  /more:
+    get: {operationId: more, responses: {"200": {description: ok}}}
+    parameters: []
+    x-gateway: {ip: {allow: [not-an-address]}}
+""")
+    proc = _gwc("build", "api.yaml", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 1
+    diags = [m.groupdict() for m in _DIAG.finditer(proc.stderr) if m.group("code") == "GW047"]
+    assert sorted(d["ptr"] for d in diags) == ["/paths/~1more/x-gateway/ip/allow/0", "/x-gateway/ip/deny/0"], proc.stderr
