@@ -265,13 +265,18 @@ local function der(tag, body)
     return char(tag) .. der_len(#body) .. body
 end
 
--- Unsigned big-endian magnitude as a DER INTEGER.
-local function der_uint(bytes)
+-- A big-endian magnitude without its leading zero bytes (one kept for zero).
+local function without_leading_zeros(bytes)
     local i = 1
     while i < #bytes and byte(bytes, i) == 0 do
         i = i + 1
     end
-    bytes = sub(bytes, i)
+    return sub(bytes, i)
+end
+
+-- Unsigned big-endian magnitude as a DER INTEGER.
+local function der_uint(bytes)
+    bytes = without_leading_zeros(bytes)
     if bytes == "" then
         bytes = "\0"
     end
@@ -419,16 +424,13 @@ end
 
 -- EVP_PKEY_bits became a macro in 3.0, so count the modulus here.
 local function modulus_bits(n)
-    local i = 1
-    while i < #n and byte(n, i) == 0 do
-        i = i + 1
-    end
-    local top, bits = byte(n, i), 0
+    n = without_leading_zeros(n)
+    local top, bits = byte(n, 1), 0
     while top > 0 do
         bits = bits + 1
         top = floor(top / 2)
     end
-    return (#n - i) * 8 + bits
+    return (#n - 1) * 8 + bits
 end
 
 -- RSA public key from the big-endian modulus and exponent bytes.
