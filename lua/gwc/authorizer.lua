@@ -22,8 +22,10 @@ local _M = { _VERSION = "0.1.0" }
 local CACHE_SIZE = 10000
 local MAX_BODY = 65536
 -- Authorizer calls sit on the request path (every request when ttl is 0):
--- reuse connections rather than pay a handshake each time.
-local KEEPALIVE = { timeout = 60000, size = 64 }
+-- reuse connections rather than pay a handshake each time. Idle ones are
+-- dropped after 4 s, before common server keep-alive timeouts (Node's is 5 s)
+-- close them under us.
+local KEEPALIVE = { timeout = 4000, size = 64 }
 
 local cache -- per worker; created lazily because lrucache must not be shared with the master
 

@@ -95,7 +95,10 @@ def test_a_connection_the_server_closed_is_retried_once_not_failed(lua, counting
     mark = lua.log_mark()
     assert _five_requests(lua, counting.port) == [200] * 5
     assert counting.requests == 5
-    assert lua.lua_errors(since=mark) == ""
+    # nginx itself may log the reset of the stale connection (recv() failed,
+    # 104) when the retry races the server's close; nothing else may appear.
+    errors = [line for line in lua.lua_errors(since=mark).splitlines() if "Connection reset by peer" not in line]
+    assert errors == []
 
 
 def test_http10_responses_are_not_pooled(lua, counting):

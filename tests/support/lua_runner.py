@@ -32,6 +32,7 @@ http {{
     scgi_temp_path tmp/scgi;
     lua_package_path "{lua_path};;";
     lua_shared_dict gwc_test 1m;
+    lua_socket_log_errors off;  # as in the generated http.conf
 {shared_dicts}
     client_max_body_size 64m;
     client_body_buffer_size 64m;

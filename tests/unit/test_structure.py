@@ -23,7 +23,7 @@ ALLOWED = {
     "if", "return", "pcre_jit", "proxy_ssl_session_reuse", "proxy_ssl_verify", "proxy_ssl_verify_depth", "proxy_ssl_trusted_certificate",
     "content_by_lua_block", "init_worker_by_lua_block", "map",
     # access policy
-    "access_by_lua_block", "client_body_buffer_size", "geo", "env", "lua_shared_dict",
+    "access_by_lua_block", "client_body_buffer_size", "geo", "env", "lua_socket_log_errors", "lua_shared_dict",
     "lua_ssl_trusted_certificate", "lua_ssl_verify_depth", "resolver", "set_real_ip_from", "real_ip_header",
     "real_ip_recursive", "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_session_cache",
     "ssl_client_certificate", "ssl_verify_client", "ssl_verify_depth", "ssl_crl",
