@@ -18,6 +18,7 @@ OPTIONS = ["--target", "nginx-lua", "--install-dir", "/etc/nginx/gwc"]
 CASES: Dict[str, Path] = {
     "petstore": REPO_ROOT / "examples" / "petstore" / "api.yaml",
     "upstream-options": GOLDEN_DIR / "upstream-options" / "api.yaml",
+    "access-policy": GOLDEN_DIR / "access-policy" / "api.yaml",
 }
 
 
