@@ -66,7 +66,8 @@ local function reject(status, reason, challenge, extra)
 end
 
 function _M.run()
-    local policy = policies[var.gw_op]
+    local op_id = var.gw_op
+    local policy = policies[op_id]
     if not policy then
         return
     end
@@ -93,7 +94,7 @@ function _M.run()
         end
     end
     if policy.validate and validation then
-        local status, reason, errors = validation.check(var.gw_op, policy.path_params and router.captures() or NO_CAPTURES)
+        local status, reason, errors = validation.check(op_id, policy.path_params and router.captures() or NO_CAPTURES)
         if status then
             return reject(status, reason, nil, errors and { "errors", errors } or nil)
         end
