@@ -70,6 +70,16 @@ local function emit(status, body)
     ngx.print(body)
 end
 
+-- nginx refuses a client certificate that is revoked, expired or not yet
+-- valid before routing (its 495, which error_page turns into a 400); an
+-- untrusted one it lets through (optional_no_ca) for the operations to judge.
+local function client_certificate_refused()
+    local verdict = var.ssl_client_verify
+    return verdict ~= nil and sub(verdict, 1, 7) == "FAILED:"
+        and (find(verdict, "revoked", 8, true) or find(verdict, "expired", 8, true)
+             or find(verdict, "not yet valid", 8, true)) ~= nil
+end
+
 -- From error_page: status is the one nginx is about to send.
 function _M.respond(status)
     status = status or ngx.status
@@ -81,6 +91,10 @@ function _M.respond(status)
         status = status and status >= 400 and status < 600 and status or 500
     end
     local reason = var.gw_problem
+    if (not reason or reason == "") and status == 400 and client_certificate_refused() then
+        reason = "mtls_unverified"
+        var.gw_problem = reason
+    end
     if reason and reason ~= "" then
         detail = REASONS[reason]
     end

@@ -57,7 +57,14 @@ class CountingServer:
                     return
 
     def close(self):
+        # close() alone does not wake a thread blocked in accept() on Linux,
+        # which would keep the port listening after the test.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(timeout=5)
 
 
 @pytest.fixture
