@@ -142,9 +142,6 @@ class Security:
     trusted_proxies: Tuple[str, ...]
     tls: Optional[TlsListener]
 
-    def scheme(self, name: str) -> SecurityScheme:
-        return next(s for s in self.schemes if s.name == name)
-
     @property
     def forwarded_headers(self) -> Tuple[str, ...]:
         names = {h.lower(): h for s in self.schemes for h in s.forwarded_headers}

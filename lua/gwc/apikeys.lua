@@ -17,7 +17,6 @@ local find = string.find
 local _M = { _VERSION = "0.1.0" }
 
 local by_digest = {}
-local count = 0
 
 local function hex_to_binary(hex)
     return (gsub(hex, "%x%x", function(pair)
@@ -30,7 +29,7 @@ function _M.load(data)
     if type(data) ~= "table" or type(data.consumers) ~= "table" then
         return nil, "missing consumers"
     end
-    local map, n = {}, 0
+    local map = {}
     for hex, consumer in pairs(data.consumers) do
         if type(hex) ~= "string" or #hex ~= 64 or find(hex, "[^0-9a-f]") then
             return nil, "a consumer key hash is not 64 lower-case hex digits"
@@ -44,14 +43,9 @@ function _M.load(data)
             enabled = consumer.enabled ~= false,
             expires = tonumber(consumer.expires),
         }
-        n = n + 1
     end
-    by_digest, count = map, n
+    by_digest = map
     return true
-end
-
-function _M.count()
-    return count
 end
 
 -- Returns the consumer for a presented key, or nil and a reason code.
