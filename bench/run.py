@@ -46,6 +46,11 @@ SCENARIOS = ("one-route", "many-routes", "auth", "validation", "compile")
 WRK_SCRIPT = BENCH / "wrk_report.lua"
 RESULTS = BENCH / "results"
 LOG_OFF_LABEL = "access_log off (bench edit)"
+HANDWRITTEN = BENCH / "handwritten"
+# Every nginx the bench starts (backend, bare, hand-written, gwc) runs this
+# many workers, checked after start. CPU per request is read from that one
+# worker; two workers sharing the cores inflate the gateway ratios by 20-30 %.
+WORKER_PROCESSES = specs.WORKER_PROCESSES
 
 # Settings every nginx the bench writes itself shares with the generated
 # nginx.conf, so bare and gwc differ only in what gwc adds.
@@ -126,10 +131,10 @@ def _single_worker(nginx: Nginx, deadline_s: float = 10.0) -> int:
     pids: List[int] = []
     while time.monotonic() < end:
         pids = nginx.worker_pids()
-        if len(pids) == 1:
+        if len(pids) == WORKER_PROCESSES:
             return pids[0]
         time.sleep(0.05)
-    raise RuntimeError(f"expected exactly one nginx worker under {nginx.prefix}, found {pids}")
+    raise RuntimeError(f"expected exactly {WORKER_PROCESSES} nginx worker under {nginx.prefix}, found {pids}")
 
 
 def start_server(stack: contextlib.ExitStack, label: str, prefix: Path, port: int) -> Server:
@@ -141,7 +146,7 @@ def start_server(stack: contextlib.ExitStack, label: str, prefix: Path, port: in
 
 def _single_worker_conf(http_body: str) -> str:
     """A one-worker nginx.conf with the http settings shared with the generated config."""
-    return f"""worker_processes 1;
+    return f"""worker_processes {WORKER_PROCESSES};
 pid logs/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
@@ -159,10 +164,19 @@ def start_backend(stack: contextlib.ExitStack, base: Path) -> Server:
             f"""    server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 "ok"; }}
+        location = {ECHO_PATH} {{ return 200 "{_ECHO_BODY}"; }}
     }}"""
         )
     )
     return start_server(stack, "backend", prefix, port)
+
+
+# A path of the one-route template at which the backend answers with the
+# request headers that reached it, so the bench can check that gwc and the
+# hand-written config forward the same ones.
+ECHO_PATH = "/pets/echo-headers"
+_ECHO_HEADERS = ("host", "connection", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id")
+_ECHO_BODY = "\\n".join(f"{h}=$http_{h.replace('-', '_')}" for h in _ECHO_HEADERS)
 
 
 def start_bare(stack: contextlib.ExitStack, base: Path, backend_port: int) -> Server:
@@ -185,6 +199,21 @@ def start_bare(stack: contextlib.ExitStack, base: Path, backend_port: int) -> Se
         )
     )
     return start_server(stack, "bare", prefix, port)
+
+
+def start_handwritten(stack: contextlib.ExitStack, base: Path, backend_port: int, access_log: bool) -> Server:
+    """bench/handwritten/one-route.conf.j2: the one-route spec written by hand."""
+    import jinja2
+
+    port = free_port()
+    prefix = _prefix(base, "handwritten" if access_log else "handwritten-log-off")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HANDWRITTEN)), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    conf = env.get_template("one-route.conf.j2").render(
+        worker_processes=WORKER_PROCESSES, port=port, backend_port=backend_port, access_log=access_log
+    )
+    (prefix / "nginx.conf").write_text(conf)
+    label = "hand-written nginx" + ("" if access_log else ", access_log off")
+    return start_server(stack, label, prefix, port)
 
 
 def gwc_command() -> List[str]:
@@ -231,6 +260,9 @@ def start_gwc(stack: contextlib.ExitStack, base: Path, name: str, spec: dict) ->
     out_off = base / f"gwc-{name}-log-off"
     build_s = gwc_build(spec_path, out, port)
     gwc_build(spec_path, out_off, port_off)
+    for d in (out, out_off):
+        if f"\nworker_processes {WORKER_PROCESSES};\n" not in (d / "nginx.conf").read_text():
+            raise RuntimeError(f"{d}/nginx.conf does not set worker_processes {WORKER_PROCESSES}")
     switch_access_log_off(out_off)
     logged = start_server(stack, f"gwc {name}", out, port)
     log_off = start_server(stack, f"gwc {name}, {LOG_OFF_LABEL}", out_off, port_off)
@@ -428,6 +460,29 @@ def verify_operations(server: Server, expected: List[Tuple[str, str, int]], dead
             )
 
 
+def forwarded_headers(server: Server, deadline_s: float = 5.0) -> Dict[str, str]:
+    """The headers ECHO_PATH received through `server`, with the request id
+    checked against the one returned to the client and then masked."""
+    with urllib.request.urlopen(server.url(ECHO_PATH), timeout=deadline_s) as resp:
+        returned = resp.headers.get_all("X-Request-Id") or []
+        body = resp.read().decode()
+    seen = dict(line.split("=", 1) for line in body.split("\n"))
+    if len(returned) != 1 or not re.fullmatch(r"[0-9a-f]{32}", returned[0]) or seen.get("x-request-id") != returned[0]:
+        raise RuntimeError(f"{server.label}: X-Request-Id returned {returned!r}, sent upstream {seen.get('x-request-id')!r}")
+    seen["x-request-id"] = "<32 hex, as returned>"
+    return seen
+
+
+def check_same_forwarding(reference: Server, others: List[Server]) -> Dict[str, str]:
+    """gwc and the hand-written config must send the backend the same headers."""
+    want = forwarded_headers(reference)
+    for server in others:
+        got = forwarded_headers(server)
+        if got != want:
+            raise RuntimeError(f"{server.label} forwards {got!r}, {reference.label} forwards {want!r}")
+    return want
+
+
 # --- scenarios ----------------------------------------------------------------------------
 
 
@@ -435,23 +490,33 @@ def scenario_one_route(base: Path, st: Settings) -> dict:
     with contextlib.ExitStack() as stack:
         backend = start_backend(stack, base)
         bare = start_bare(stack, base, backend.port)
+        hand = start_handwritten(stack, base, backend.port, access_log=True)
+        hand_off = start_handwritten(stack, base, backend.port, access_log=False)
         gw = start_gwc(stack, base, "one-route", specs.one_route(backend.port))
         verify_operations(gw.logged, [("/pets/42", "getPet", 200)])
+        verify_operations(hand, [("/pets/42", "getPet", 200)])
+        forwarded = check_same_forwarding(gw.logged, [gw.log_off, hand, hand_off])
         cases = [
             Case("bare", "bare proxy_pass", bare, "/pets/42"),
+            Case("handwritten", "hand-written nginx (JSON access_log)", hand, "/pets/42"),
+            Case("handwritten_log_off", "hand-written nginx, access_log off", hand_off, "/pets/42"),
             Case("gwc", "gwc (as generated, JSON access_log)", gw.logged, "/pets/42"),
             Case("gwc_log_off", f"gwc, {LOG_OFF_LABEL}", gw.log_off, "/pets/42"),
         ]
         interleaved(cases, st)
         lat = latency(
-            [("bare", bare, "/pets/42"), ("gwc", gw.logged, "/pets/42"), ("gwc_log_off", gw.log_off, "/pets/42")],
+            [("bare", bare, "/pets/42"), ("hand-written", hand, "/pets/42"), ("gwc", gw.logged, "/pets/42"), ("gwc_log_off", gw.log_off, "/pets/42")],
             st,
             backend,
         )
-    result = {"cases": {c.key: c.stats() for c in cases}, "latency": lat}
+    result = {"cases": {c.key: c.stats() for c in cases}, "latency": lat, "forwarded_headers": forwarded}
     bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
-    for c in result["cases"].values():
+    # Each gwc variant against the hand-written config with the same log setting.
+    same_log = {"handwritten": "handwritten", "gwc": "handwritten", "handwritten_log_off": "handwritten_log_off", "gwc_log_off": "handwritten_log_off"}
+    for key, c in result["cases"].items():
         c["ratio_vs_bare"] = c["cpu_us_per_req_median"] / bare_cpu
+        if key in same_log:
+            c["ratio_vs_handwritten"] = c["cpu_us_per_req_median"] / result["cases"][same_log[key]]["cpu_us_per_req_median"]
     return result
 
 
@@ -760,6 +825,8 @@ def markdown(report: dict) -> str:
         f"- latency: paced client, one keep-alive connection, {st['latency_rate']} req/s for {st['latency_secs']} s × {st['latency_rounds']} round(s), "
         "response time from send (perf_counter_ns), client overhead included equally for every case; "
         "client, gateway worker and backend worker pinned to CPU 0 while measuring (placement alone moves p50 by tens of µs).",
+        f"- every nginx (backend, bare, hand-written, gwc) runs `worker_processes {report['worker_processes']}`, checked after start; "
+        "no process is pinned during the CPU rounds.",
         "- `gwc` = the output of `gwc build` unchanged (buffered JSON access_log). "
         f"`{LOG_OFF_LABEL}` = the same output with only its `access_log` line replaced by `access_log off;` in the bench's copy, to compare routing cost alone.",
         "",
@@ -770,15 +837,20 @@ def markdown(report: dict) -> str:
         lines += [
             "## one-route: `/pets/{petId}`, request `/pets/42`",
             "",
-            "| case | CPU µs/req (median) | min–max | ratio vs bare | req/s (median) | unexpected responses |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "hand-written nginx = `bench/handwritten/one-route.conf.j2`: a regex location, GET only, the same forwarded headers, "
+            "`$request_id` sent upstream and returned, the same buffered JSON access log fields, the same upstream keepalive and "
+            "http settings. \"vs hand-written\" compares with the hand-written config of the same access_log setting, measured in the same rounds.",
+            "",
+            "| case | CPU µs/req (median) | min–max | ratio vs bare | ratio vs hand-written | req/s (median) | unexpected responses |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for c in r["cases"].values():
             lines.append(
                 f"| {c['label']} | {_f(c['cpu_us_per_req_median'])} | {_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | "
-                f"{_f(c['ratio_vs_bare'], 3)} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
+                f"{_f(c['ratio_vs_bare'], 3)} | {_f(c.get('ratio_vs_handwritten'), 3)} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
             )
-        lines += ["", _latency_table(r["latency"]), ""]
+        fwd = ", ".join(f"`{k}: {v}`" if v else f"{k} (not sent)" for k, v in r["forwarded_headers"].items())
+        lines += ["", f"Checked before timing: gwc and hand-written send the backend the same headers ({fwd}).", "", _latency_table(r["latency"]), ""]
     if "auth" in sc:
         r = sc["auth"]
         lines += [
@@ -940,6 +1012,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "environment": environment(),
         "settings": {k: v for k, v in vars(st).items() if k not in ("keep_tmp",)},
+        "worker_processes": WORKER_PROCESSES,
         "scenarios": {},
     }
     runners = {"one-route": scenario_one_route, "many-routes": scenario_many_routes, "auth": scenario_auth, "validation": scenario_validation, "compile": scenario_compile}

@@ -12,12 +12,16 @@ from typing import Dict, List, Optional, Tuple
 import yaml
 
 
+# One worker per nginx, like every nginx bench/run.py writes itself.
+WORKER_PROCESSES = 1
+
+
 def _root(backend_port: int, title: str) -> dict:
     return {
         "openapi": "3.0.3",
         "info": {"title": title, "version": "1"},
         "x-gateway": {
-            "nginx": {"worker_processes": 1},
+            "nginx": {"worker_processes": WORKER_PROCESSES},
             "upstreams": {"be": {"servers": [f"http://127.0.0.1:{backend_port}"]}},
             "upstream": "be",
         },
