@@ -54,7 +54,8 @@ class JwtSettings:
     discovery: Optional[str]
     secret_env: Optional[str]
     refresh_s: int
-    min_refetch_s: int
+    min_refetch_s: int  # refill interval of the refetch budget
+    refetch_burst: int
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,8 @@ class SecurityBuilder:
             discovery=discovery,
             secret_env=secret_env,
             refresh_s=max(duration_s(conf["jwks_refresh"]), 1),
-            min_refetch_s=duration_s(conf["jwks_min_refetch"]),
+            min_refetch_s=max(duration_s(conf["jwks_min_refetch"]), 1),
+            refetch_burst=conf["jwks_refetch_burst"],
         )
         return SecurityScheme(name, "jwt", token, conf["hide_credentials"], jwt=settings)
 

@@ -198,7 +198,7 @@ local function new_jwt(name, conf)
     else
         keys, err = jwks.new({
             name = name, uri = conf.jwks_uri, discovery = conf.discovery,
-            refresh = conf.refresh, min_refetch = conf.min_refetch,
+            refresh = conf.refresh, min_refetch = conf.min_refetch, refetch_burst = conf.refetch_burst,
         })
     end
     if not keys then

@@ -4,16 +4,20 @@
 -- A fetched document lives in the shared dict as raw JSON plus a version
 -- counter; each worker re-parses it only when the version moves, so keys
 -- are parsed once per worker per rotation and never on the request path.
--- An unknown kid may mean the issuer rotated keys: it triggers one refetch
--- per min_refetch seconds for the whole node (an shm add() with an expiry
--- is the lock), which is what keeps a flood of made-up kids from turning
--- into a flood of downloads.
+-- An unknown kid may mean the issuer rotated keys, so it may trigger a
+-- refetch. Refetches spend a node-wide budget (a token bucket: a burst of
+-- refetch_burst, then one per min_refetch seconds), so a rotation that comes
+-- right after a few garbage tokens is still picked up at once, while a
+-- flood of made-up kids cannot turn into a flood of downloads.
 local cjson = require "cjson.safe"
 local base64 = require "ngx.base64"
 local crypto = require "gwc.crypto"
 local http_client = require "gwc.http_client"
 
 local ngx = ngx
+local ngx_now = ngx.now
+local ngx_update_time = ngx.update_time
+local ngx_sleep = ngx.sleep
 local log = ngx.log
 local WARN = ngx.WARN
 local INFO = ngx.INFO
@@ -27,6 +31,7 @@ local type = type
 local tostring = tostring
 local setmetatable = setmetatable
 local math_min = math.min
+local math_floor = math.floor
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -304,25 +309,71 @@ function Set:refresh()
     return true
 end
 
--- One refetch per min_refetch for the whole node; others wait for it
--- while it is in flight, then use what it stored.
-local function refetch(self)
+-- The refetch budget of the node, a token bucket kept as one number (GCRA):
+-- the time at which the bucket is full again. Capacity refetch_burst, one
+-- token back every min_refetch seconds. Called only under the in-flight
+-- lock, which makes this read-modify-write atomic across the workers.
+local function take_budget(self)
     local shm = self.shm
-    if shm:add(self.k_refetch, true, self.min_refetch) then
-        shm:set(self.k_inflight, true, self.timeout / 1000 * 2 + 1)
-        local ok = self:refresh()
-        shm:delete(self.k_inflight)
-        return ok
+    -- Workers compare times they each took: use the clock, not the time
+    -- cached at the start of this worker's event-loop iteration.
+    ngx_update_time()
+    local now = ngx_now()
+    local full_at = shm:get(self.k_budget)
+    if type(full_at) ~= "number" or full_at < now then
+        full_at = now
     end
-    local waited = 0
-    local limit = self.timeout / 1000 * 2
-    while shm:get(self.k_inflight) and waited < limit do
-        if not pcall(ngx.sleep, 0.01) then
+    full_at = full_at + self.min_refetch
+    if full_at - now > self.burst * self.min_refetch then
+        return false
+    end
+    -- Not recorded (shm full): refuse, or the budget would not hold.
+    return (shm:set(self.k_budget, full_at, full_at - now))
+end
+
+-- Fetches while holding the node-wide in-flight lock of this set, so at
+-- most one fetch per set runs at a time. Fails with "busy" if another
+-- request or worker holds it; budgeted: spend the refetch budget first.
+local function fetch_alone(self, budgeted)
+    local shm = self.shm
+    local ok, err = shm:add(self.k_inflight, true, self.lock_ttl)
+    if not ok then
+        return nil, err == "exists" and "busy" or err
+    end
+    if budgeted and not take_budget(self) then
+        shm:delete(self.k_inflight)
+        return nil, "refetch budget spent"
+    end
+    ok, err = self:refresh()
+    shm:delete(self.k_inflight)
+    return ok, err
+end
+
+-- A request whose kid is unknown refetches if the budget allows. If a fetch
+-- is already in flight it waits for that one instead, at most the fetch
+-- timeout, so the first users of a rotated key are not refused while it
+-- downloads; it starts none of its own afterwards, so a wave of concurrent
+-- made-up kids costs one fetch. True if the keys may have changed.
+local function refetch(self)
+    local ok, err = fetch_alone(self, true)
+    if ok then
+        return true
+    elseif err ~= "busy" then
+        return false
+    end
+    local shm = self.shm
+    local waited, step = 0, 0.005
+    while waited < self.wait_limit and shm:get(self.k_inflight) do
+        if not pcall(ngx_sleep, step) then
             break
         end
-        waited = waited + 0.01
+        waited = waited + step
+        step = math_min(step * 2, 0.05)
     end
-    return sync(self)
+    -- The fetch may have been this worker's own, already installed, which
+    -- sync() does not report: look the kid up again either way.
+    sync(self)
+    return true
 end
 
 local function lookup(self, kid, alg)
@@ -389,8 +440,12 @@ local function tick(self)
     sync(self)
     -- Whoever adds the schedule key does the periodic fetch for the node.
     if self.shm:add(self.k_sched, true, self.refresh_every) then
-        local ok = self:refresh()
-        if not ok then
+        local ok, err = fetch_alone(self, false)
+        if err == "busy" then
+            -- The fetch in flight schedules the next one if it succeeds;
+            -- if it fails, this timer tries again a second later.
+            self.shm:delete(self.k_sched)
+        elseif not ok then
             -- Retry sooner than the full period after a failure.
             self.shm:set(self.k_sched, true, math_min(self.min_refetch, self.refresh_every))
         end
@@ -445,7 +500,9 @@ local function positive(v, default)
 end
 
 -- conf: name, keys (a decoded JWKS) or uri or discovery, refresh (s),
--- min_refetch (s), timeout (ms), shm, ssl_verify (default true), max_body.
+-- min_refetch (s, the refill interval of the refetch budget), refetch_burst
+-- (refetches allowed at once, 0 for none), timeout (ms), shm, ssl_verify
+-- (default true), max_body.
 function _M.new(conf)
     if type(conf) ~= "table" then
         return nil, "conf must be a table"
@@ -487,6 +544,12 @@ function _M.new(conf)
     if not refresh or not min_refetch or not timeout then
         return nil, "refresh, min_refetch and timeout must be positive numbers"
     end
+    local burst = conf.refetch_burst
+    if burst == nil then
+        burst = 3
+    elseif type(burst) ~= "number" or burst < 0 or burst ~= math_floor(burst) then
+        return nil, "refetch_burst must be a whole number, 0 or more"
+    end
     local shm_name = conf.shm or "gwc_jwks"
     local shm = ngx.shared[shm_name]
     if not shm then
@@ -497,7 +560,12 @@ function _M.new(conf)
     self.discovery = discovery
     self.refresh_every = refresh
     self.min_refetch = min_refetch
+    self.burst = burst
     self.timeout = timeout
+    -- A worker that dies mid-fetch must not keep the lock: it expires after
+    -- the longest a fetch (discovery, then the key set) can take.
+    self.lock_ttl = timeout / 1000 * 2 + 1
+    self.wait_limit = timeout / 1000
     self.max_body = positive(conf.max_body, 512 * 1024)
     self.ssl_verify = conf.ssl_verify ~= false
     self.shm = shm
@@ -508,7 +576,7 @@ function _M.new(conf)
     self.k_iss = prefix .. "iss"
     self.k_uri = prefix .. "uri"
     self.k_sched = prefix .. "sched"
-    self.k_refetch = prefix .. "refetch"
+    self.k_budget = prefix .. "budget"
     self.k_inflight = prefix .. "inflight"
     remote_sets[self] = true
     return self

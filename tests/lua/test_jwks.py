@@ -173,16 +173,17 @@ def rotation_hook(server):
     server.httpd.RequestHandlerClass.do_GET = original
 
 
-def test_flood_of_unknown_kids_causes_at_most_one_fetch(lua, server):
+def test_flood_of_unknown_kids_spends_only_the_burst(lua, server):
     mark = lua.log_mark()
     path = f"/{unique('jwks')}"
     server.serve(path, jwks_of(public_jwk("rsa", 10, kid="k10")))
     tokens = [mint("RS256", index=10, kid=f"made-up-{i}") for i in range(200)]
-    got = run_with_set(lua, {"name": unique("flood"), "uri": server.base + path, "min_refetch": 60}, """
+    got = run_with_set(lua, {"name": unique("flood"), "uri": server.base + path, "min_refetch": 60, "refetch_burst": 2}, f"""
         assert(set:refresh())
-        local results = {}
-        local threads = {}
-        -- Concurrent requests, as a worker would see them.
+        local results = {{}}
+        local threads = {{}}
+        -- Concurrent requests, as a worker would see them: one fetches, the
+        -- others wait for it.
         for i = 1, #tokens do
             threads[i] = ngx.thread.spawn(check, tokens[i])
         end
@@ -190,33 +191,160 @@ def test_flood_of_unknown_kids_causes_at_most_one_fetch(lua, server):
             local ok, res = ngx.thread.wait(threads[i])
             results[res] = (results[res] or 0) + 1
         end
-        -- A second wave within the interval fetches nothing more.
+        local hc = require "gwc.http_client"
+        local after_wave = hc.request{{ url = "{server.base}/count{path}" }}.body
+        -- A second wave, one at a time: each refetches until the burst is spent.
         for i = 1, #tokens do
             local r = check(tokens[i])
             results[r] = (results[r] or 0) + 1
         end
-        return results
+        return {{ results = results, after_wave = tonumber(after_wave) }}
     """, tokens)
-    assert got == {"jwt_unknown_kid": 400}
-    assert server.count(path) <= 2  # the initial fetch plus at most one refetch
+    assert got["results"] == {"jwt_unknown_kid": 400}
+    assert got["after_wave"] == 2, "the concurrent wave cost more than one fetch"
+    assert server.count(path) == 3  # the initial fetch, then the burst of 2
     assert lua.lua_errors(since=mark) == ""
 
 
-def test_refetch_allowed_again_after_the_interval(lua, server):
+@pytest.fixture(autouse=True)
+def count_hook(server):
+    """GET /count/<path> answers how often <path> was fetched (so the Lua side can read it mid-run)."""
+    original = server.httpd.RequestHandlerClass.do_GET
+
+    def do_get(handler):
+        if handler.path.startswith("/count/"):
+            body = str(server.count(handler.path[len("/count"):])).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+            return
+        original(handler)
+
+    server.httpd.RequestHandlerClass.do_GET = do_get
+    yield
+    server.httpd.RequestHandlerClass.do_GET = original
+
+
+@pytest.mark.parametrize("garbage", [1, 2])
+def test_rotation_right_after_garbage_tokens_is_accepted_at_once(lua, server, garbage):
     path = f"/{unique('jwks')}"
     server.serve(path, jwks_of(public_jwk("rsa", 10, kid="old")))
     new_token = mint("RS256", index=11, kid="new")
-    got = run_with_set(lua, {"name": unique("interval"), "uri": server.base + path, "min_refetch": 1}, f"""
+    junk = [mint("RS256", index=10, kid=f"junk-{i}") for i in range(garbage)]
+    got = run_with_set(lua, {"name": unique("garbage"), "uri": server.base + path, "min_refetch": 60}, f"""
+        assert(set:refresh())
+        local out = {{}}
+        for i = 2, #tokens do
+            out[#out + 1] = check(tokens[i])
+        end
+        assert(require("gwc.http_client").request{{ url = "{server.base}/rotate{path}" }})
+        out[#out + 1] = check(tokens[1])
+        return out
+    """, [new_token, *junk])
+    assert got == ["jwt_unknown_kid"] * garbage + ["ok"]
+    # The initial fetch, one refetch per garbage token, one that finds the new key.
+    assert server.count(path) == 1 + garbage + 1
+
+
+def test_budget_is_shared_by_the_workers_of_a_node(lua, server):
+    """Sets of the same name and source (as in two workers) spend one budget."""
+    path = f"/{unique('jwks')}"
+    server.serve(path, jwks_of(public_jwk("rsa", 10, kid="k10")))
+    name = unique("node")
+    tokens = [mint("RS256", index=10, kid=f"made-up-{i}") for i in range(4)]
+    got = run_with_set(lua, {"name": name, "uri": server.base + path, "min_refetch": 60, "refetch_burst": 2}, f"""
+        assert(set:refresh())
+        local twin = assert(jwks.new{{ name = "{name}", uri = "{server.base}{path}", min_refetch = 60, refetch_burst = 2 }})
+        local v2 = assert(jwt.new{{ keys = twin, algorithms = {{ "RS256" }} }})
+        local out = {{ check(tokens[1]) }}
+        for i = 2, 4 do
+            local c, reason = v2:verify(tokens[i])
+            out[#out + 1] = c and "ok" or reason
+        end
+        twin:close()
+        return out
+    """, tokens)
+    assert got == ["jwt_unknown_kid"] * 4
+    assert server.count(path) == 3  # the initial fetch and the shared burst of 2
+
+
+def test_concurrent_users_of_a_new_key_wait_for_one_fetch(lua, server):
+    path = f"/{unique('jwks')}"
+    server.serve(path, jwks_of(public_jwk("rsa", 10, kid="old")))
+    new_token = mint("RS256", index=11, kid="new")
+    got = run_with_set(lua, {"name": unique("wait"), "uri": server.base + path, "min_refetch": 60}, f"""
+        assert(set:refresh())
+        assert(require("gwc.http_client").request{{ url = "{server.base}/rotate{path}" }})
+        local threads, results = {{}}, {{}}
+        for i = 1, 50 do
+            threads[i] = ngx.thread.spawn(check, tokens[1])
+        end
+        for i = 1, 50 do
+            local _, res = ngx.thread.wait(threads[i])
+            results[res] = (results[res] or 0) + 1
+        end
+        return results
+    """, [new_token])
+    assert got == {"ok": 50}
+    assert server.count(path) == 2  # the initial fetch and one refetch
+
+
+def test_budget_refills_one_per_interval(lua, server):
+    """Burst 1, interval 1 s: a second unknown kid within the interval fetches nothing, the next interval one more."""
+    path = f"/{unique('jwks')}"
+    server.serve(path, jwks_of(public_jwk("rsa", 10, kid="old")))
+    new_token = mint("RS256", index=11, kid="new")
+    got = run_with_set(lua, {"name": unique("interval"), "uri": server.base + path, "min_refetch": 1, "refetch_burst": 1}, f"""
         assert(set:refresh())
         local early = check(tokens[1])             -- refetches (still the old set): unknown
         assert(require("gwc.http_client").request{{ url = "{server.base}/rotate{path}" }})
-        local within = check(tokens[1])            -- no refetch allowed yet: still unknown
+        local within = check(tokens[1])            -- the budget is spent: still unknown
         ngx.sleep(1.2)
         local later = check(tokens[1])             -- one more refetch finds the new key
         return {{ early, within, later }}
     """, [new_token])
     assert got == ["jwt_unknown_kid", "jwt_unknown_kid", "ok"]
     assert server.count(path) == 3
+
+
+def test_burst_zero_never_refetches(lua, server):
+    path = f"/{unique('jwks')}"
+    server.serve(path, jwks_of(public_jwk("rsa", 10, kid="old")))
+    new_token = mint("RS256", index=11, kid="new")
+    got = run_with_set(lua, {"name": unique("zero"), "uri": server.base + path, "refetch_burst": 0}, f"""
+        assert(set:refresh())
+        assert(require("gwc.http_client").request{{ url = "{server.base}/rotate{path}" }})
+        local unknown = check(tokens[1])
+        assert(set:refresh())                      -- what jwks_refresh would do
+        return {{ unknown, check(tokens[1]) }}
+    """, [new_token])
+    assert got == ["jwt_unknown_kid", "ok"]
+    assert server.count(path) == 2  # the two explicit refreshes only
+
+
+def test_jwks_down_during_a_refetch_keeps_the_known_keys(lua):
+    """The issuer stops listening after the first fetch: unknown kids are refused, known ones keep working."""
+    mark = lua.log_mark()
+    issuer = JwksServer()
+    issuer.thread.start()
+    path = "/keys"
+    issuer.serve(path, jwks_of(public_jwk("rsa", 10, kid="k10")))
+    conf = {"name": unique("down"), "uri": issuer.base + path, "min_refetch": 60}
+    fetched = run_with_set(lua, conf, "return set:refresh()")
+    issuer.httpd.shutdown()
+    issuer.httpd.server_close()
+    known = mint("RS256", index=10, kid="k10")
+    unknown = mint("RS256", index=11, kid="new")
+    # A set of the same name and source takes the stored keys, as a worker would after the first fetch.
+    got = run_with_set(lua, conf, """
+        return { check(tokens[2]), check(tokens[1]), check(tokens[2]), check(tokens[1]) }
+    """, [known, unknown])
+    assert fetched is True
+    assert got == ["jwt_unknown_kid", "ok", "jwt_unknown_kid", "ok"]
+    assert issuer.count(path) == 1
+    assert "fetch failed: connect to" in lua.nginx.read_error_log()[mark:]
+    assert lua.lua_errors(since=mark) == ""
 
 
 def test_discovery_gives_jwks_uri_and_issuer(lua, server):
@@ -239,13 +367,13 @@ def test_unreachable_jwks_gives_jwks_unavailable(lua, server):
     mark = lua.log_mark()
     missing = f"/{unique('missing')}"  # answers 404
     token = mint("RS256", index=10, kid="k10")
-    got = run_with_set(lua, {"name": unique("down"), "uri": server.base + missing, "min_refetch": 60}, """
+    got = run_with_set(lua, {"name": unique("down"), "uri": server.base + missing, "min_refetch": 60, "refetch_burst": 1}, """
         local ok, err = set:refresh()
         return { ok = ok or false, err = err, first = check(tokens[1]), second = check(tokens[1]) }
     """, [token])
     assert got["ok"] is False and "404" in got["err"]
     assert got["first"] == "jwks_unavailable" and got["second"] == "jwks_unavailable"
-    # refresh() plus one refetch for the first token; none for the second.
+    # refresh() plus one refetch for the first token; the burst of 1 leaves none for the second.
     assert server.count(missing) == 2
     assert lua.lua_errors(since=mark) == ""
 
