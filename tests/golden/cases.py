@@ -38,8 +38,10 @@ def is_runtime_copy(rel: str) -> bool:
 
 def tree(root: Path, generated_only: bool = False) -> Dict[str, bytes]:
     out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
+    # A built output's files are those of its live generation.
+    live = root / "current" if (root / "current").is_dir() else root
+    for p in sorted(live.rglob("*")):
+        rel = p.relative_to(live).as_posix()
         if p.is_file() and not (generated_only and is_runtime_copy(rel)):
             out[rel] = p.read_bytes()
     return out
