@@ -406,18 +406,29 @@ local function lookup(self, kid, alg)
     return list[1]
 end
 
+-- Whether a lookup failed for want of the key (which a fetch may bring).
+local function missing(reason)
+    return reason == "jwt_unknown_kid" or reason == "jwks_unavailable"
+end
+
 -- The key for a token's kid (nil if it has none) and alg, or nil and a
 -- reason code (jwt_unknown_kid, jwt_kid_required, jwt_alg_not_allowed,
 -- jwks_unavailable).
 function Set:get(kid, alg)
     local key, reason = lookup(self, kid, alg)
-    if key or not self.remote then
+    if key or not self.remote or not missing(reason) then
         return key, reason
     end
-    if reason == "jwt_unknown_kid" or reason == "jwks_unavailable" then
-        if sync(self) or refetch(self) then
-            return lookup(self, kid, alg)
+    -- Another worker may have fetched it already; if not, a refetch of our
+    -- own, so that what an unknown kid costs does not depend on the worker.
+    if sync(self) then
+        key, reason = lookup(self, kid, alg)
+        if key or not missing(reason) then
+            return key, reason
         end
+    end
+    if refetch(self) then
+        return lookup(self, kid, alg)
     end
     return nil, reason
 end
