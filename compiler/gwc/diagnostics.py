@@ -29,7 +29,7 @@ CODES = {
     "GW034": "invalid path template",
     "GW035": "mock example not found",
     "GW036": "operation has no integration (neither upstream nor mock)",
-    "GW037": "conflicting base paths in servers",
+    "GW037": "conflicting base paths in servers (no longer raised: the API is served under each)",
     "GW038": "unsafe value for the generated configuration",
     "GW039": "invalid listen address",
     "GW040": "operation not covered by security (fail closed)",
@@ -52,6 +52,9 @@ CODES = {
     "GW075": "parameter cannot be validated (unsupported style, missing schema)",
     "GW076": "request body media type cannot be validated",
     "GW077": "invalid AWS request validator reference",
+    "GW080": "path key with a #fragment: routed by the part before '#'",
+    "GW081": "same-shape path templates with different parameter names, routed per method",
+    "GW082": "operations on one path and method that no header or query parameter tells apart",
 }
 
 

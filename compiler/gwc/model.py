@@ -120,6 +120,9 @@ class Operation:
     max_body_size: Optional[str] = None  # None: the server's client_max_body_size
     declares_parameters: bool = False
     declares_body: bool = False
+    # (in, name) of the header and query parameters, which can tell apart
+    # operations that share a path and method.
+    selectors: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def needs_validation(self) -> bool:
@@ -152,7 +155,7 @@ class Gateway:
     version: str
     openapi: str
     listen: Tuple[Listen, ...]
-    base_path: str
+    base_paths: Tuple[str, ...]  # each serves the whole API; "" is the root
     routing: Routing
     nginx: NginxSettings
     upstreams: Tuple[Upstream, ...]
@@ -253,12 +256,14 @@ class _Builder:
         )
 
     # --- base path ----------------------------------------------------------------
-    def base_path(self, gw: dict) -> str:
+    def base_paths(self, gw: dict) -> Tuple[str, ...]:
+        """x-gateway.base_path, or else the path of every server URL (variables
+        at their defaults), in declaration order: the API is served under each."""
         if "base_path" in gw:
-            return _clean_base(gw["base_path"])
+            return (_clean_base(gw["base_path"]),)
         data = self.doc.data
         servers = data.get("servers") or []
-        paths = []
+        paths: List[str] = []
         for server in servers if isinstance(servers, list) else []:
             if not isinstance(server, dict) or not isinstance(server.get("url"), str):
                 continue
@@ -271,11 +276,10 @@ class _Builder:
 
             url = _SERVER_VAR.sub(sub, url)
             path = urlsplit(url).path if "://" in url else url.split("?", 1)[0]
-            paths.append(_clean_base(path))
-        distinct = sorted(set(paths))
-        if len(distinct) > 1:
-            self.error("GW037", f"servers use different base paths ({', '.join(p or '/' for p in distinct)}); set x-gateway.base_path", self.doc.root, "/servers")
-        return distinct[0] if distinct else ""
+            path = _clean_base(path)
+            if path not in paths:
+                paths.append(path)
+        return tuple(paths) or ("",)
 
     # --- mock -----------------------------------------------------------------------
     def mock(self, conf: dict, op: dict, src: SourceFile, op_ptr: str, conf_ptr: str) -> Optional[Mock]:
@@ -416,9 +420,22 @@ class _Builder:
                         max_body_size=merged.get("max_body_size"),
                         declares_parameters=bool(op.get("parameters")) or bool(item.get("parameters")),
                         declares_body=isinstance(op.get("requestBody"), dict),
+                        selectors=self.selectors(op, item, src),
                     )
                 )
         return tuple(out)
+
+    def selectors(self, op: dict, item: dict, src: SourceFile) -> Tuple[Tuple[str, str], ...]:
+        out = set()
+        for params in (item.get("parameters"), op.get("parameters")):
+            for p in params if isinstance(params, list) else ():
+                try:
+                    p, _, _ = self.doc.deref(p, src, "")
+                except LoadError:
+                    continue  # reported where the parameters are validated
+                if isinstance(p, dict) and p.get("in") in ("header", "query") and isinstance(p.get("name"), str):
+                    out.add((p["in"], p["name"]))
+        return tuple(sorted(out))
 
     # --- access policy ----------------------------------------------------------
     def _innermost(self, key: str, op: dict, item: dict, src: SourceFile, op_ptr: str) -> Tuple[SourceFile, str]:
@@ -592,7 +609,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
         known = ", ".join(sorted(declared)) or "none declared"
         b.error("GW032", f"unknown upstream {raw_gw['upstream']!r} (known: {known})", root, "/x-gateway/upstream")
         declared = declared | {raw_gw["upstream"]}  # report it once, not per operation
-    base_path = b.base_path(gw)
+    base_paths = b.base_paths(gw)
     sec = b.security
     sec.has_resolver = bool(gw["nginx"]["resolver"])
     sec.check_ip_rules(gateway_locations(doc))
@@ -611,7 +628,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
         version=str(info.get("version", "")),
         openapi=str(data.get("openapi")),
         listen=listen,
-        base_path=base_path,
+        base_paths=base_paths,
         routing=Routing(routing["encoded_slashes"], routing["trailing_slash"]),
         nginx=NginxSettings(
             str(ngx["worker_processes"]), ngx["worker_connections"], ngx["client_max_body_size"], ngx["server_tokens"],

@@ -66,8 +66,14 @@ class Segment:
 
 @dataclass(frozen=True)
 class PathTemplate:
-    text: str
+    text: str  # the path key without its fragment: what a request can match
     segments: Tuple[Segment, ...]
+    fragment: Optional[str] = None  # after '#' in the path key, which never reaches a server
+
+    @property
+    def key(self) -> str:
+        """The path key as the description spells it."""
+        return self.text if self.fragment is None else f"{self.text}#{self.fragment}"
 
     @property
     def params(self) -> Tuple[str, ...]:
@@ -95,11 +101,14 @@ class PathTemplate:
         )
 
 
-def parse_template(text: str) -> PathTemplate:
-    if not isinstance(text, str) or not text.startswith("/"):
+def parse_template(key: str) -> PathTemplate:
+    """Parse a path key. Converted descriptions keep operations apart with a
+    `#fragment` (`/#X-Amz-Target=Svc.Op`); it is kept aside, not matched."""
+    if not isinstance(key, str) or not key.startswith("/"):
         raise TemplateError("a path must start with '/'")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text) or "?" in text or "#" in text:
-        raise TemplateError("a path may not contain spaces, control characters, '?' or '#'")
+    text, hash_sign, fragment = key.partition("#")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in key) or "?" in text:
+        raise TemplateError("a path may not contain spaces, control characters or '?'")
     raw_segments = text[1:].split("/")
     segments = []
     seen_params = set()
@@ -146,7 +155,24 @@ def parse_template(text: str) -> PathTemplate:
         else:
             kind = MIXED
         segments.append(Segment(kind, tuple(parts)))
-    return PathTemplate(text, tuple(segments))
+    return PathTemplate(text, tuple(segments), fragment if hash_sign else None)
+
+
+_SELECTOR_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_SELECTOR_VALUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")
+
+
+def fragment_items(fragment: str) -> Optional[Tuple[Tuple[str, Optional[str]], ...]]:
+    """A fragment such as `X-Amz-Target=Svc.Op`, `op=APPEND` or `analytics&id` as
+    (name, value or None for "present") pairs, or None if it is not of that form.
+    The character sets keep names and values safe for nginx strings and JSON."""
+    items = []
+    for item in fragment.split("&"):
+        name, eq, value = item.partition("=")
+        if not _SELECTOR_NAME.match(name) or (eq and not _SELECTOR_VALUE.match(value)):
+            return None
+        items.append((name, value if eq else None))
+    return tuple(items)
 
 
 def _globs_intersect(a: Tuple, b: Tuple) -> bool:

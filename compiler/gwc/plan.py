@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Tuple
 from .diagnostics import Diagnostic
 from .model import Gateway, Operation, Upstream
 from .security import IpPolicy
-from .paths import GREEDY, LITERAL, MIXED, PARAM, PathTemplate, lua_pattern, templates_overlap
+from .paths import GREEDY, LITERAL, MIXED, PARAM, PathTemplate, fragment_items, lua_pattern, templates_overlap
+from .diagnostics import WARNING
 
 METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
@@ -58,13 +59,23 @@ class IpGeo:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """One operation of several on a path and method, chosen when every condition holds."""
+
+    op: int
+    conditions: Tuple[Tuple[str, str, Optional[str]], ...]  # (header|query, name, value; None: present)
+
+
+@dataclass(frozen=True)
 class Route:
     template: PathTemplate
-    methods: Tuple[Tuple[str, int], ...]  # (METHOD, operation index)
+    methods: Tuple[Tuple[str, int], ...]  # (METHOD, operation index): the only, or the fallback, operation
+    # (METHOD, choices in the order tried, fallback operation index or -1 for a 400)
+    selected: Tuple[Tuple[str, Tuple[Choice, ...], int], ...] = ()
 
     @property
     def allow(self) -> str:
-        methods = {m for m, _ in self.methods}
+        methods = {m for m, _ in self.methods} | {m for m, _, _ in self.selected}
         if "GET" in methods:
             methods.add("HEAD")
         return ", ".join(m for m in METHOD_ORDER if m in methods)
@@ -98,16 +109,24 @@ class Plan:
             ops.append(entry)
         routes = []
         for r in self.routes:
+            methods: dict = {m: i + 1 for m, i in r.methods}
+            for m, choices, fallback in r.selected:
+                methods[m] = {
+                    "choices": [{"op": c.op + 1, "when": [[_selector_var(k, n), v if v is not None else True] for k, n, v in c.conditions]} for c in choices],
+                    "fallback": fallback + 1 if fallback >= 0 else False,
+                    "expects": _expects(choices),
+                }
             routes.append(
                 {
                     "path": r.template.text,
                     "params": list(r.template.params),
-                    "methods": {m: i + 1 for m, i in r.methods},
+                    "methods": methods,
                     "allow": r.allow,
                 }
             )
         return {
-            "base_path": self.gateway.base_path,
+            # Longest first, so a base path wins over one it extends.
+            "base_paths": sorted(self.gateway.base_paths, key=lambda b: (-len(b), b)),
             "encoded_slashes": self.gateway.routing.encoded_slashes,
             "trailing_slash": self.gateway.routing.trailing_slash,
             "operations": ops,
@@ -115,6 +134,10 @@ class Plan:
             "tree": _build_tree(self.routes),
         }
 
+    @property
+    def selects_by_request(self) -> bool:
+        """Whether some path and method picks its operation by header or query (the 400 of gw:e400s)."""
+        return any(r.selected for r in self.routes)
 
     @property
     def forwarded_headers(self) -> Tuple[str, ...]:
@@ -147,6 +170,21 @@ class Plan:
                 entry["path_params"] = list(op.template.params)
             operations[op.operation_id] = entry
         return {"schemes": schemes, "operations": operations, "forward_headers": list(self.forwarded_headers)}
+
+
+def _selector_var(kind: str, name: str) -> str:
+    """The nginx variable holding a header or query parameter (`$arg_` names are case-insensitive, like headers)."""
+    return ("http_" + name.lower().replace("-", "_")) if kind == "header" else "arg_" + name
+
+
+def _expects(choices: Tuple[Choice, ...]) -> str:
+    """What the client must send, for the 400 problem: built from names the spec vetted as safe."""
+    seen: Dict[tuple, str] = {}
+    for c in choices:
+        for kind, name, _ in c.conditions:
+            key = (kind, name.lower() if kind == "header" else name)
+            seen.setdefault(key, f"the {name} header" if kind == "header" else f"the query parameter {name}")
+    return " or ".join(seen.values())
 
 
 def _scheme_data(s) -> dict:
@@ -229,17 +267,116 @@ def _sort_mixed(node: dict) -> None:
         _sort_mixed(node["param"])
 
 
+def _path_diag(code: str, message: str, op: Operation, severity: str = "error") -> Diagnostic:
+    return Diagnostic(code, message, op.file, pointer=op.pointer.rsplit("/", 1)[0], severity=severity)
+
+
+def _describe(op: Operation) -> str:
+    return f"{op.method} {op.template.key} (operationId {op.operation_id!r})"
+
+
+def _conditions(op: Operation) -> Optional[Tuple[Tuple[str, str, Optional[str]], ...]]:
+    """The operation's fragment as conditions on header or query parameters it
+    declares, or None when the fragment names anything else."""
+    if op.template.fragment is None:
+        return ()
+    items = fragment_items(op.template.fragment)
+    if items is None:
+        return None
+    headers = {name.lower(): name for kind, name in op.selectors if kind == "header"}
+    queries = {name for kind, name in op.selectors if kind == "query"}
+    out = []
+    for name, value in items:
+        if name.lower() in headers:
+            out.append(("header", headers[name.lower()], value))
+        elif name in queries:
+            out.append(("query", name, value))
+        else:
+            return None
+    return tuple(sorted(out, key=lambda c: (c[0], c[1], c[2] or "")))
+
+
+def _exclusive(a: tuple, b: tuple) -> bool:
+    """Whether no request can meet both sets of conditions (one parameter, two values)."""
+    values_a = {(k, n.lower() if k == "header" else n): v for k, n, v in a if v is not None}
+    return any(v is not None and values_a.get((k, n.lower() if k == "header" else n), v) != v for k, n, v in b)
+
+
+def _select(gateway: Gateway, method: str, candidates: List[int], diags: List[Diagnostic]):
+    """Choices and fallback for several operations on one path and method, or
+    None (with an error) when no declared header or query parameter safely
+    tells them apart."""
+    ops = [gateway.operations[i] for i in candidates]
+    conds = [_conditions(op) for op in ops]
+    plain = [i for i, c in zip(candidates, conds) if c == ()]
+    if len(plain) > 1:
+        a, b = gateway.operations[plain[0]], gateway.operations[plain[1]]
+        diags.append(_path_diag(
+            "GW031", f"ambiguous routes: {_describe(a)} and {_describe(b)} match the same requests; "
+            "give them different paths, or methods", b))
+        return None
+    for op, c in zip(ops, conds):
+        if c is None:
+            other = next(o for o in ops if o is not op)
+            diags.append(_path_diag(
+                "GW082", f"{_describe(op)} and {_describe(other)} share a path and method, and the fragment "
+                f"{op.template.fragment!r} does not name header or query parameters the operation declares "
+                "(such as 'X-Amz-Target=Service.Op' or 'op=APPEND'), so no request can be routed to one of them "
+                "safely; give them different paths or declare the parameter", op))
+            return None
+    for x in range(len(ops)):
+        for y in range(x + 1, len(ops)):
+            a, b = conds[x], conds[y]
+            if not a or not b or _exclusive(a, b) or set(a) < set(b) or set(b) < set(a):
+                continue
+            diags.append(_path_diag(
+                "GW082", f"{_describe(ops[x])} and {_describe(ops[y])} share a path and method, and one request "
+                "can meet the conditions of both fragments; make the fragments name different values of one parameter", ops[y]))
+            return None
+    # More conditions first, so a fragment that extends another wins over it.
+    ranked = sorted((c, k, i) for k, (i, c) in enumerate(zip(candidates, conds)) if c)
+    ranked.sort(key=lambda t: (-len(t[0]), t[1]))
+    choices = tuple(Choice(i, c) for c, _, i in ranked)
+    return choices, plain[0] if plain else -1
+
+
 def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
     diags: List[Diagnostic] = []
-    by_path: Dict[str, List[int]] = defaultdict(list)
+    # One route per shape: OpenAPI forbids templates that differ only in
+    # parameter names, but descriptions publish them on disjoint methods, and
+    # each operation reads its parameters by position under its own names.
+    by_shape: Dict[str, List[int]] = defaultdict(list)
     for i, op in enumerate(gateway.operations):
-        by_path[op.template.text].append(i)
-
+        by_shape[op.template.shape()].append(i)
+    warned_fragments = set()
     routes = []
-    for text, indexes in by_path.items():
-        template = gateway.operations[indexes[0]].template
-        methods = tuple(sorted(((gateway.operations[i].method, i) for i in indexes), key=lambda mi: METHOD_ORDER.index(mi[0]) if mi[0] in METHOD_ORDER else 99))
-        routes.append(Route(template, methods))
+    for indexes in by_shape.values():
+        ops = [gateway.operations[i] for i in indexes]
+        for op in ops:
+            if op.template.fragment is not None and op.template.key not in warned_fragments:
+                warned_fragments.add(op.template.key)
+                diags.append(_path_diag(
+                    "GW080", f"path {op.template.key!r} has a fragment, which never reaches a server: "
+                    f"routed as {op.template.text!r}", op, WARNING))
+        texts = sorted({op.template.text for op in ops})
+        if len(texts) > 1:
+            diags.append(_path_diag(
+                "GW081", f"paths {', '.join(repr(t) for t in texts)} differ only in parameter names, which OpenAPI "
+                "does not allow; each operation is routed by its method and keeps its own parameter names", ops[-1], WARNING))
+        by_method: Dict[str, List[int]] = defaultdict(list)
+        for i in indexes:
+            by_method[gateway.operations[i].method].append(i)
+        methods = []
+        selected = []
+        for method, candidates in by_method.items():
+            if len(candidates) == 1:
+                methods.append((method, candidates[0]))
+                continue
+            choice = _select(gateway, method, candidates, diags)
+            if choice is not None:
+                selected.append((method,) + choice)
+        order = lambda mi: METHOD_ORDER.index(mi[0]) if mi[0] in METHOD_ORDER else 99  # noqa: E731
+        routes.append(Route(ops[0].template, tuple(sorted(methods, key=order)), tuple(sorted(selected, key=order))))
     routes.sort(key=lambda r: (r.template.precedence(), r.template.text))
 
     # Two routes of equal precedence that can match one request would make the
@@ -255,7 +392,7 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
             for b_i in range(a_i + 1, len(group)):
                 a, b = group[a_i], group[b_i]
                 if templates_overlap(a.template, b.template):
-                    op_a = gateway.operations[a.methods[0][1]]
+                    op_a = gateway.operations[(a.methods or [(m, c[0].op) for m, c, _ in a.selected])[0][1]]
                     diags.append(
                         Diagnostic(
                             "GW031",
@@ -265,7 +402,7 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
                             pointer=op_a.pointer.rsplit("/", 1)[0],
                         )
                     )
-    if diags:
+    if any(d.is_error for d in diags):
         return None, diags
 
     geos: Dict[IpPolicy, IpGeo] = {}

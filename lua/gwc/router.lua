@@ -23,7 +23,8 @@ local json_encode = require("cjson.safe").encode
 local _M = { _VERSION = "0.1.0" }
 
 local tree, routes, ops, ops_by_id
-local base_path, base_prefix, base_len = "", "/", 0
+-- Base paths, longest first; each serves the whole API.
+local base_paths, base_prefixes, base_lens, base_count = { "" }, { "/" }, { 0 }, 1
 local ignore_trailing_slash = false
 
 local caps = {}
@@ -216,19 +217,9 @@ local function escape_path(path)
     return (gsub(path, UNSAFE, HEX))
 end
 
--- Strips the base path and matches. Returns route index, captures and the
--- path to forward, or nil.
-local function resolve(uri)
-    local path = uri
-    if base_len > 0 then
-        if path == base_path then
-            path = "/"
-        elseif sub(path, 1, base_len + 1) == base_prefix then
-            path = sub(path, base_len + 1)
-        else
-            return nil
-        end
-    end
+-- Matches a path already stripped of a base path. Returns route index,
+-- captures and the path to forward, or nil.
+local function resolve_in(path)
     local r, captured, greedy = find_route(path)
     -- With trailing_slash: ignore, only an exact (non-greedy) match may keep
     -- the slash; otherwise the slash goes before matching and forwarding.
@@ -243,6 +234,53 @@ local function resolve(uri)
         return nil
     end
     return r, captured, path
+end
+
+-- Strips a base path and matches: the first base path (longest first) under
+-- which the request matches a route wins. Returns route index, captures and
+-- the path to forward, or nil.
+local function resolve(uri)
+    for i = 1, base_count do
+        local len = base_lens[i]
+        local path
+        if len == 0 then
+            path = uri
+        elseif uri == base_paths[i] then
+            path = "/"
+        elseif sub(uri, 1, len + 1) == base_prefixes[i] then
+            path = sub(uri, len + 1)
+        end
+        if path then
+            local r, captured, forwarded = resolve_in(path)
+            if r then
+                return r, captured, forwarded
+            end
+        end
+    end
+    return nil
+end
+
+-- Several operations on one path and method: the first whose header and
+-- query conditions all hold, else the fallback (false: none, a 400).
+local function select_operation(sel)
+    local choices = sel.choices
+    for i = 1, #choices do
+        local choice = choices[i]
+        local when = choice.when
+        local ok = true
+        for j = 1, #when do
+            local cond = when[j]
+            local value = var[cond[1]]
+            if value == nil or (cond[2] ~= true and value ~= cond[2]) then
+                ok = false
+                break
+            end
+        end
+        if ok then
+            return choice.op
+        end
+    end
+    return sel.fallback
 end
 
 -- The request path as a JSON string, for the problem body nginx sends
@@ -283,6 +321,16 @@ function _M.route()
         var.gw_allow = route.allow
         var.gw_instance = instance()
         return "e405"
+    end
+    if type(index) == "table" then
+        local sel = index
+        index = select_operation(sel)
+        if not index then
+            -- gw:e400s names what the client must send through $gw_allow.
+            var.gw_allow = sel.expects
+            var.gw_instance = instance()
+            return "e400s"
+        end
     end
 
     local op = ops[index]
@@ -373,9 +421,13 @@ function _M.load(data)
     for i = 1, #ops do
         ops_by_id[ops[i].id] = ops[i]
     end
-    base_path = data.base_path or ""
-    base_len = #base_path
-    base_prefix = base_path .. "/"
+    local bases = type(data.base_paths) == "table" and #data.base_paths > 0 and data.base_paths or { "" }
+    base_paths, base_prefixes, base_lens, base_count = {}, {}, {}, #bases
+    for i = 1, base_count do
+        base_paths[i] = bases[i]
+        base_prefixes[i] = bases[i] .. "/"
+        base_lens[i] = #bases[i]
+    end
     ignore_trailing_slash = data.trailing_slash == "ignore"
     return true
 end

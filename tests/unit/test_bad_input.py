@@ -206,9 +206,14 @@ CASES = [
         "code": "GW034",
     },
     {
-        "name": "conflicting-base-paths",
-        "spec": HEADER + "servers: [{url: 'http://a/v1'}, {url: 'http://b/v2'}]\n" + UPSTREAM + PET_PATH,
-        "code": "GW037",
+        "name": "same-shape-shared-method",
+        "spec": HEADER + UPSTREAM + PET_PATH + "  /pets/{name}:\n    parameters: [{name: name, in: path, required: true, schema: {type: string}}]\n    get: {operationId: byName, responses: {'200': {description: ok}}}\n",
+        "code": "GW031",
+    },
+    {
+        "name": "fragment-without-selector",
+        "spec": HEADER + UPSTREAM + "paths:\n  /f:\n    put: {responses: {'200': {description: ok}}}\n  /f#share:\n    put: {responses: {'200': {description: ok}}}\n",
+        "code": "GW082",
     },
 ]
 

@@ -45,7 +45,7 @@ def test_defaults_come_from_the_schema(tmp_path):
     b = g.upstream("b")
     assert b.read_timeout_ms == 120000 and b.retry_tries == 1 and b.tls.server_name == "b.example" and b.tls.verify
     assert [l.address for l in g.listen] == ["0.0.0.0:8080"]
-    assert g.base_path == "/v2"
+    assert g.base_paths == ("/v2",)
     assert (g.routing.encoded_slashes, g.routing.trailing_slash) == ("reject", "strict")
 
 
@@ -116,3 +116,100 @@ def test_plan_orders_routes_by_precedence_and_shares_locations(tmp_path):
     assert data["tree"]["greedy"] == 4
     route = data["routes"][2]
     assert route["allow"] == "GET, HEAD, DELETE" and set(route["methods"]) == {"GET", "DELETE"}
+
+
+SHAPES = """\
+    openapi: 3.0.3
+    info: {title: t, version: "1"}
+    x-gateway: {upstreams: {a: {servers: ["http://10.0.0.1"]}}, upstream: a}
+    paths:
+"""
+
+# (name, paths, expected error codes, pointer of the first error or None)
+SHAPE_CASES = [
+    ("disjoint methods build", """\
+      /orgs/{org}/att/{attestation_id}:
+        delete: {operationId: del, responses: {"204": {description: ok}}}
+      /orgs/{org}/att/{subject_digest}:
+        get: {operationId: list, responses: {"200": {description: ok}}}
+    """, [], None),
+    ("a shared method is an error naming both", """\
+      /orgs/{org}/att/{attestation_id}:
+        get: {operationId: one, responses: {"200": {description: ok}}}
+      /orgs/{org}/att/{subject_digest}:
+        get: {operationId: two, responses: {"200": {description: ok}}}
+    """, ["GW031"], "/paths/~1orgs~1{org}~1att~1{subject_digest}"),
+    ("fragments on disjoint methods build", """\
+      /tags/{arn}:
+        get: {operationId: list, responses: {"200": {description: ok}}}
+      /tags/{arn}#tagKeys:
+        delete: {operationId: untag, responses: {"204": {description: ok}}}
+    """, [], None),
+    ("a fragment naming no declared parameter is an error", """\
+      /files/{id}:
+        put: {operationId: update, responses: {"200": {description: ok}}}
+      /files/{id}#add_shared_link:
+        put: {operationId: share, responses: {"200": {description: ok}}}
+    """, ["GW082"], "/paths/~1files~1{id}#add_shared_link"),
+    ("fragments whose conditions can both hold are an error", """\
+      /b#uploads:
+        post: {operationId: one, parameters: [{name: uploads, in: query, schema: {type: string}}], responses: {"200": {description: ok}}}
+      /b#restore:
+        post: {operationId: two, parameters: [{name: restore, in: query, schema: {type: string}}], responses: {"200": {description: ok}}}
+    """, ["GW082"], "/paths/~1b#restore"),
+]
+
+
+@pytest.mark.parametrize("name,paths,codes,pointer", SHAPE_CASES, ids=[c[0] for c in SHAPE_CASES])
+def test_same_shapes_and_fragments(tmp_path, name, paths, codes, pointer):
+    g = build(tmp_path, SHAPES + textwrap.indent(textwrap.dedent(paths), "      "))
+    p, diags = plan.plan(g)
+    errors = [d for d in diags if d.is_error]
+    assert [d.code for d in errors] == codes
+    if errors:
+        assert p is None and errors[0].pointer == pointer
+        assert "'one'" in errors[0].message or "'update'" in errors[0].message or "'share'" in errors[0].message
+    else:
+        assert len(p.routes) == 1
+        assert {d.code for d in diags} <= {"GW080", "GW081"} and diags, "a warning says the description breaks the rule"
+
+
+def test_fragments_select_by_header_and_query(tmp_path):
+    g = build(tmp_path, SHAPES + textwrap.indent(textwrap.dedent("""\
+      /#X-Amz-Target=Svc.A:
+        post: {operationId: a, parameters: [{name: X-Amz-Target, in: header, schema: {type: string}}], responses: {"200": {description: ok}}}
+      /#X-Amz-Target=Svc.B:
+        post: {operationId: b, parameters: [{name: x-amz-target, in: header, schema: {type: string}}], responses: {"200": {description: ok}}}
+      /w/{p}:
+        put: {operationId: plain, responses: {"200": {description: ok}}}
+      /w/{path}#op=CREATE&overwrite:
+        put: {operationId: create2, parameters: [{name: op, in: query, schema: {type: string}}, {name: overwrite, in: query, schema: {type: string}}], responses: {"200": {description: ok}}}
+      /w/{path}#op=CREATE:
+        put: {operationId: create, parameters: [{name: op, in: query, schema: {type: string}}], responses: {"200": {description: ok}}}
+    """), "      "))
+    p, diags = plan.plan(g)
+    assert not [d for d in diags if d.is_error], diags
+    data = p.route_data()
+    root = next(r for r in data["routes"] if r["path"] == "/")
+    sel = root["methods"]["POST"]
+    assert [c["when"] for c in sel["choices"]] == [[["http_x_amz_target", "Svc.A"]], [["http_x_amz_target", "Svc.B"]]]
+    assert sel["fallback"] is False and sel["expects"] == "the X-Amz-Target header"
+    w = next(r for r in data["routes"] if r["path"].startswith("/w/"))["methods"]["PUT"]
+    ids = [data["operations"][c["op"] - 1]["id"] for c in w["choices"]]
+    assert ids == ["create2", "create"], "the fragment with more conditions is tried first"
+    assert data["operations"][w["fallback"] - 1]["id"] == "plain"
+    assert w["choices"][0]["when"] == [["arg_op", "CREATE"], ["arg_overwrite", True]]
+
+
+def test_every_server_base_path_is_served(tmp_path):
+    g = build(tmp_path, """\
+        openapi: 3.0.3
+        info: {title: t, version: "1"}
+        servers: [{url: "https://a.example.com/"}, {url: "/api/do"}, {url: "https://b.example.com/api/do/"}]
+        x-gateway: {upstreams: {a: {servers: ["http://10.0.0.1"]}}, upstream: a}
+        paths:
+          /x: {get: {responses: {"200": {description: ok}}}}
+        """)
+    assert g.base_paths == ("", "/api/do")
+    p, _ = plan.plan(g)
+    assert p.route_data()["base_paths"] == ["/api/do", ""], "longest first"
