@@ -355,6 +355,8 @@ class _Builder:
         out: List[Operation] = []
         seen_ids: Dict[str, str] = {}
         for path_key in paths:
+            if path_key.startswith("x-"):
+                continue  # a specification extension of the Paths object
             item_ptr = "/paths/" + escape_pointer_token(path_key)
             template = parse_template(path_key)  # validate.check_path_templates vetted every key
             try:

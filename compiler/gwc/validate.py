@@ -169,6 +169,8 @@ def gateway_locations(doc: Document) -> Iterator[Tuple[str, Any, SourceFile, str
     if not isinstance(paths, dict):
         return
     for path_key, item in paths.items():
+        if path_key.startswith("x-"):
+            continue
         item_ptr = "/paths/" + escape_pointer_token(path_key)
         try:
             item, src, ptr = doc.deref(item, root, item_ptr)
@@ -243,6 +245,8 @@ def check_path_templates(doc: Document) -> List[Diagnostic]:
     paths = doc.data.get("paths")
     out = []
     for key in paths if isinstance(paths, dict) else ():
+        if key.startswith("x-"):
+            continue  # a specification extension of the Paths object, not a path
         try:
             parse_template(key)
         except TemplateError as exc:

@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-from gwc import load, model, plan
+from gwc import load, model, pipeline, plan
 from gwc.model import deep_merge, duration_ms, parse_listen, parse_server_url
 
 
@@ -213,3 +213,10 @@ def test_every_server_base_path_is_served(tmp_path):
     assert g.base_paths == ("", "/api/do")
     p, _ = plan.plan(g)
     assert p.route_data()["base_paths"] == ["/api/do", ""], "longest first"
+
+
+def test_paths_extensions_are_not_paths(tmp_path):
+    (tmp_path / "api.yaml").write_text(textwrap.dedent(SHAPES) + "  x-codegen-contextRoot: /apis/registry/v2\n  /x: {get: {responses: {'200': {description: ok}}}}\n")
+    result = pipeline.check(str(tmp_path / "api.yaml"))
+    assert result.ok, result.diagnostics
+    assert [r.template.text for r in result.plan.routes] == ["/x"]
