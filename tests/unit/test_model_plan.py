@@ -217,6 +217,6 @@ def test_every_server_base_path_is_served(tmp_path):
 
 def test_paths_extensions_are_not_paths(tmp_path):
     (tmp_path / "api.yaml").write_text(textwrap.dedent(SHAPES) + "  x-codegen-contextRoot: /apis/registry/v2\n  /x: {get: {responses: {'200': {description: ok}}}}\n")
-    result = pipeline.check(str(tmp_path / "api.yaml"))
+    result = pipeline.check(str(tmp_path / "api.yaml"), structural=False)  # openapi-spec-validator trips on it (GW010)
     assert result.ok, result.diagnostics
     assert [r.template.text for r in result.plan.routes] == ["/x"]
