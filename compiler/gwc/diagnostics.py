@@ -52,7 +52,7 @@ CODES = {
     "GW075": "parameter cannot be validated (unsupported style, missing schema)",
     "GW076": "request body media type cannot be validated",
     "GW077": "invalid AWS request validator reference",
-    "GW080": "path key with a #fragment: routed by the part before '#'",
+    "GW080": "path key with a #fragment or ?query: routed by the path before it",
     "GW081": "same-shape path templates with different parameter names, routed per method",
     "GW082": "operations on one path and method that no header or query parameter tells apart",
 }

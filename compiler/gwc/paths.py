@@ -69,11 +69,13 @@ class PathTemplate:
     text: str  # the path key without its fragment: what a request can match
     segments: Tuple[Segment, ...]
     fragment: Optional[str] = None  # after '#' in the path key, which never reaches a server
+    query: Optional[str] = None  # after '?' in the path key (`/submissions?v=2`)
 
     @property
     def key(self) -> str:
         """The path key as the description spells it."""
-        return self.text if self.fragment is None else f"{self.text}#{self.fragment}"
+        key = self.text if self.query is None else f"{self.text}?{self.query}"
+        return key if self.fragment is None else f"{key}#{self.fragment}"
 
     @property
     def params(self) -> Tuple[str, ...]:
@@ -103,12 +105,14 @@ class PathTemplate:
 
 def parse_template(key: str) -> PathTemplate:
     """Parse a path key. Converted descriptions keep operations apart with a
-    `#fragment` (`/#X-Amz-Target=Svc.Op`); it is kept aside, not matched."""
+    `#fragment` (`/#X-Amz-Target=Svc.Op`) or a query (`/submissions?v=2`);
+    both are kept aside, not matched as path."""
     if not isinstance(key, str) or not key.startswith("/"):
         raise TemplateError("a path must start with '/'")
     text, hash_sign, fragment = key.partition("#")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in key) or "?" in text:
-        raise TemplateError("a path may not contain spaces, control characters or '?'")
+    text, question_mark, query = text.partition("?")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in key):
+        raise TemplateError("a path may not contain spaces or control characters")
     raw_segments = text[1:].split("/")
     segments = []
     seen_params = set()
@@ -155,7 +159,7 @@ def parse_template(key: str) -> PathTemplate:
         else:
             kind = MIXED
         segments.append(Segment(kind, tuple(parts)))
-    return PathTemplate(text, tuple(segments), fragment if hash_sign else None)
+    return PathTemplate(text, tuple(segments), fragment if hash_sign else None, query if question_mark else None)
 
 
 _SELECTOR_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")

@@ -278,14 +278,20 @@ def _describe(op: Operation) -> str:
 def _conditions(op: Operation) -> Optional[Tuple[Tuple[str, str, Optional[str]], ...]]:
     """The operation's fragment as conditions on header or query parameters it
     declares, or None when the fragment names anything else."""
+    out = []
+    if op.template.query is not None:
+        # The query of a path key is part of the URL clients send: no declaration needed.
+        items = fragment_items(op.template.query)
+        if items is None:
+            return None
+        out.extend(("query", name, value) for name, value in items)
     if op.template.fragment is None:
-        return ()
+        return tuple(sorted(out, key=lambda c: (c[0], c[1], c[2] or "")))
     items = fragment_items(op.template.fragment)
     if items is None:
         return None
     headers = {name.lower(): name for kind, name in op.selectors if kind == "header"}
     queries = {name for kind, name in op.selectors if kind == "query"}
-    out = []
     for name, value in items:
         if name.lower() in headers:
             out.append(("header", headers[name.lower()], value))
@@ -320,7 +326,7 @@ def _select(gateway: Gateway, method: str, candidates: List[int], diags: List[Di
             other = next(o for o in ops if o is not op)
             diags.append(_path_diag(
                 "GW082", f"{_describe(op)} and {_describe(other)} share a path and method, and the fragment "
-                f"{op.template.fragment!r} does not name header or query parameters the operation declares "
+                f"{op.template.fragment or op.template.query!r} does not name header or query parameters the operation declares "
                 "(such as 'X-Amz-Target=Service.Op' or 'op=APPEND'), so no request can be routed to one of them "
                 "safely; give them different paths or declare the parameter", op))
             return None
@@ -353,11 +359,12 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
     for indexes in by_shape.values():
         ops = [gateway.operations[i] for i in indexes]
         for op in ops:
-            if op.template.fragment is not None and op.template.key not in warned_fragments:
+            if op.template.key != op.template.text and op.template.key not in warned_fragments:
                 warned_fragments.add(op.template.key)
+                what = "a fragment, which never reaches a server" if op.template.fragment is not None else "a query"
                 diags.append(_path_diag(
-                    "GW080", f"path {op.template.key!r} has a fragment, which never reaches a server: "
-                    f"routed as {op.template.text!r}", op, WARNING))
+                    "GW080", f"path {op.template.key!r} has {what}: routed as {op.template.text!r}, "
+                    "and it selects the operation only where another shares the path and method", op, WARNING))
         texts = sorted({op.template.text for op in ops})
         if len(texts) > 1:
             diags.append(_path_diag(

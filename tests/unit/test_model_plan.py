@@ -145,6 +145,12 @@ SHAPE_CASES = [
       /tags/{arn}#tagKeys:
         delete: {operationId: untag, responses: {"204": {description: ok}}}
     """, [], None),
+    ("a query in the path key selects without a declaration", """\
+      /subs:
+        post: {operationId: v1, responses: {"200": {description: ok}}}
+      /subs?v=2:
+        post: {operationId: v2, responses: {"200": {description: ok}}}
+    """, [], None),
     ("a fragment naming no declared parameter is an error", """\
       /files/{id}:
         put: {operationId: update, responses: {"200": {description: ok}}}

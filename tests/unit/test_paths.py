@@ -27,11 +27,26 @@ def test_literal_segments_are_percent_decoded():
 
 @pytest.mark.parametrize(
     "text",
-    ["pets", "/a//b", "/a/{x}{y}", "/a/{p+}/b", "/a/x{p+}", "/a/{x}/{x}", "/a/{", "/a/}", "/a b", "/a?b", "/a/../b", "/a/{}"],
+    ["pets", "/a//b", "/a/{x}{y}", "/a/{p+}/b", "/a/x{p+}", "/a/{x}/{x}", "/a/{", "/a/}", "/a b", "/a/../b", "/a/{}"],
 )
 def test_rejects(text):
     with pytest.raises(TemplateError):
         parse_template(text)
+
+
+@pytest.mark.parametrize(
+    "key,text,query,fragment",
+    [
+        ("/#X-Amz-Target=Svc.Op", "/", None, "X-Amz-Target=Svc.Op"),
+        ("/webhdfs/v1/{path}#op=APPEND", "/webhdfs/v1/{path}", None, "op=APPEND"),
+        ("/combined_submissions?v=2", "/combined_submissions", "v=2", None),
+        ("/a?v=2#x", "/a", "v=2", "x"),
+    ],
+)
+def test_query_and_fragment_are_kept_aside(key, text, query, fragment):
+    t = parse_template(key)
+    assert (t.text, t.query, t.fragment, t.key) == (text, query, fragment, key)
+    assert t.shape() == parse_template(text).shape()
 
 
 def _winner(*texts):
