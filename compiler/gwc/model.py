@@ -123,6 +123,7 @@ class Operation:
     # (in, name) of the header and query parameters, which can tell apart
     # operations that share a path and method.
     selectors: Tuple[Tuple[str, str], ...] = ()
+    body_media_types: Tuple[str, ...] = ()  # requestBody content keys, lower case
 
     @property
     def needs_validation(self) -> bool:
@@ -423,6 +424,7 @@ class _Builder:
                         declares_parameters=bool(op.get("parameters")) or bool(item.get("parameters")),
                         declares_body=isinstance(op.get("requestBody"), dict),
                         selectors=self.selectors(op, item, src),
+                        body_media_types=self.body_media_types(op, src),
                     )
                 )
         return tuple(out)
@@ -438,6 +440,14 @@ class _Builder:
                 if isinstance(p, dict) and p.get("in") in ("header", "query") and isinstance(p.get("name"), str):
                     out.add((p["in"], p["name"]))
         return tuple(sorted(out))
+
+    def body_media_types(self, op: dict, src: SourceFile) -> Tuple[str, ...]:
+        try:
+            body, _, _ = self.doc.deref(op.get("requestBody"), src, "")
+        except LoadError:
+            return ()
+        content = body.get("content") if isinstance(body, dict) else None
+        return tuple(sorted({k.split(";", 1)[0].strip().lower() for k in content if isinstance(k, str)})) if isinstance(content, dict) else ()
 
     # --- access policy ----------------------------------------------------------
     def _innermost(self, key: str, op: dict, item: dict, src: SourceFile, op_ptr: str) -> Tuple[SourceFile, str]:

@@ -64,6 +64,7 @@ class Choice:
 
     op: int
     conditions: Tuple[Tuple[str, str, Optional[str]], ...]  # (header|query, name, value; None: present)
+    media: Tuple[str, ...] = ()  # or: request Content-Types (`type/*` allowed) that select the operation
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Plan:
             methods: dict = {m: i + 1 for m, i in r.methods}
             for m, choices, fallback in r.selected:
                 methods[m] = {
-                    "choices": [{"op": c.op + 1, "when": [[_selector_var(k, n), v if v is not None else True] for k, n, v in c.conditions]} for c in choices],
+                    "choices": [_choice_data(c) for c in choices],
                     "fallback": fallback + 1 if fallback >= 0 else False,
                     "expects": _expects(choices),
                 }
@@ -177,8 +178,16 @@ def _selector_var(kind: str, name: str) -> str:
     return ("http_" + name.lower().replace("-", "_")) if kind == "header" else "arg_" + name
 
 
+def _choice_data(c: Choice) -> dict:
+    if c.media:
+        return {"op": c.op + 1, "media": {m: True for m in c.media}}
+    return {"op": c.op + 1, "when": [[_selector_var(k, n), v if v is not None else True] for k, n, v in c.conditions]}
+
+
 def _expects(choices: Tuple[Choice, ...]) -> str:
     """What the client must send, for the 400 problem: built from names the spec vetted as safe."""
+    if choices and choices[0].media:
+        return "a Content-Type of " + ", ".join(m for c in choices for m in c.media)
     seen: Dict[tuple, str] = {}
     for c in choices:
         for kind, name, _ in c.conditions:
@@ -308,6 +317,28 @@ def _exclusive(a: tuple, b: tuple) -> bool:
     return any(v is not None and values_a.get((k, n.lower() if k == "header" else n), v) != v for k, n, v in b)
 
 
+_MEDIA = re.compile(r"^[a-z0-9][a-z0-9.+_-]*/(\*|[a-z0-9][a-z0-9.+_-]*)$")
+
+
+def _by_media(candidates: List[int], ops: List[Operation]) -> Optional[Tuple[Choice, ...]]:
+    """Choices by request Content-Type (Azure's `#overload=stream`: JSON beside
+    octet-stream), when every operation takes a body and no media type, `type/*`
+    included, is accepted by two of them."""
+    owner: Dict[str, int] = {}
+    for k, op in enumerate(ops):
+        if not op.body_media_types:
+            return None
+        for m in op.body_media_types:
+            if not _MEDIA.match(m) or m in owner:
+                return None
+            owner[m] = k
+    for m, k in owner.items():
+        major = m.split("/", 1)[0] + "/*"
+        if owner.get(major, k) != k:
+            return None
+    return tuple(Choice(i, (), op.body_media_types) for i, op in zip(candidates, ops))
+
+
 def _select(gateway: Gateway, method: str, candidates: List[int], diags: List[Diagnostic]):
     """Choices and fallback for several operations on one path and method, or
     None (with an error) when no declared header or query parameter safely
@@ -321,14 +352,19 @@ def _select(gateway: Gateway, method: str, candidates: List[int], diags: List[Di
             "GW031", f"ambiguous routes: {_describe(a)} and {_describe(b)} match the same requests; "
             "give them different paths, or methods", b))
         return None
+    if None in conds:
+        by_media = _by_media(candidates, ops)
+        if by_media is not None:
+            return by_media, -1
     for op, c in zip(ops, conds):
         if c is None:
             other = next(o for o in ops if o is not op)
             diags.append(_path_diag(
                 "GW082", f"{_describe(op)} and {_describe(other)} share a path and method, and the fragment "
                 f"{op.template.fragment or op.template.query!r} does not name header or query parameters the operation declares "
-                "(such as 'X-Amz-Target=Service.Op' or 'op=APPEND'), so no request can be routed to one of them "
-                "safely; give them different paths or declare the parameter", op))
+                "(such as 'X-Amz-Target=Service.Op' or 'op=APPEND'), nor do their request bodies take "
+                "different media types, so no request can be routed to one of them safely; give them different "
+                "paths or declare the parameter", op))
             return None
     for x in range(len(ops)):
         for y in range(x + 1, len(ops)):

@@ -17,6 +17,7 @@ local char = string.char
 local byte = string.byte
 local format = string.format
 local gsub = string.gsub
+local lower = string.lower
 local tohex = require("bit").tohex
 local json_encode = require("cjson.safe").encode
 
@@ -262,22 +263,40 @@ end
 
 -- Several operations on one path and method: the first whose header and
 -- query conditions all hold, else the fallback (false: none, a 400).
+local function request_media_type()
+    local ct = var.content_type
+    if not ct then
+        return nil
+    end
+    return lower(match(ct, "^%s*([^;%s]+)") or "")
+end
+
 local function select_operation(sel)
     local choices = sel.choices
+    local media_type
     for i = 1, #choices do
         local choice = choices[i]
-        local when = choice.when
-        local ok = true
-        for j = 1, #when do
-            local cond = when[j]
-            local value = var[cond[1]]
-            if value == nil or (cond[2] ~= true and value ~= cond[2]) then
-                ok = false
-                break
+        local media = choice.media
+        if media then
+            -- By Content-Type: the build made the media types disjoint, type/* included.
+            media_type = media_type or request_media_type() or ""
+            if media[media_type] or media[(match(media_type, "^[^/]+") or "") .. "/*"] then
+                return choice.op
             end
-        end
-        if ok then
-            return choice.op
+        else
+            local when = choice.when
+            local ok = true
+            for j = 1, #when do
+                local cond = when[j]
+                local value = var[cond[1]]
+                if value == nil or (cond[2] ~= true and value ~= cond[2]) then
+                    ok = false
+                    break
+                end
+            end
+            if ok then
+                return choice.op
+            end
         end
     end
     return sel.fallback

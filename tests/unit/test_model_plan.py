@@ -157,6 +157,18 @@ SHAPE_CASES = [
       /files/{id}#add_shared_link:
         put: {operationId: share, responses: {"200": {description: ok}}}
     """, ["GW082"], "/paths/~1files~1{id}#add_shared_link"),
+    ("overloads by request media type build", """\
+      /analyze:
+        post: {operationId: url, requestBody: {content: {application/json: {}}}, responses: {"200": {description: ok}}}
+      /analyze#overload=stream:
+        post: {operationId: stream, requestBody: {content: {application/octet-stream: {}}}, responses: {"200": {description: ok}}}
+    """, [], None),
+    ("overloads whose media types overlap are an error", """\
+      /analyze:
+        post: {operationId: one, requestBody: {content: {image/png: {}}}, responses: {"200": {description: ok}}}
+      /analyze#overload=stream:
+        post: {operationId: two, requestBody: {content: {image/*: {}}}, responses: {"200": {description: ok}}}
+    """, ["GW082"], "/paths/~1analyze#overload=stream"),
     ("fragments whose conditions can both hold are an error", """\
       /b#uploads:
         post: {operationId: one, parameters: [{name: uploads, in: query, schema: {type: string}}], responses: {"200": {description: ok}}}
