@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -85,6 +86,19 @@ def validate(spec: str, fmt: str, listen: tuple, no_cache: bool) -> None:
         click.echo(f"{spec}: ok ({len(plan.gateway.operations)} operations, {len(plan.routes)} paths)", err=True)
 
 
+def _as_deployed(diags, staged: Path, out_dir: Path):
+    """Name the files as they will be in out_dir: the staged generation is
+    deleted once the check fails, so its path would point nowhere."""
+    names = sorted({str(staged), str(Path(staged).resolve())}, key=len, reverse=True)
+
+    def deployed(text):
+        for name in names:
+            text = text.replace(name, str(out_dir))
+        return text
+
+    return [replace(d, file=deployed(d.file) if d.file else d.file, message=deployed(d.message)) for d in diags]
+
+
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
@@ -102,7 +116,7 @@ def build(spec: str, out_dir: str, target: str, listen: tuple, install_dir: str,
         if rt is None:
             click.echo("gwc: --check: " + runtime.INSTALL_HINT, err=True)
             sys.exit(EXIT_RUNTIME)
-        check_with = lambda staged: verify(staged, rt)  # noqa: E731
+        check_with = lambda staged: _as_deployed(verify(staged, rt), staged, Path(out_dir))  # noqa: E731
         if target == "auto":
             target = rt.target
     options = RenderOptions(target=_resolve_target(target), install_dir=install_dir)

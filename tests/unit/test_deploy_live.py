@@ -233,6 +233,8 @@ def test_documented_deploy_sequence(tmp_path):
             assert deploy.snapshot() == before
             rejected = deploy.build(3, ADDED, upstream="no-such-host.invalid:80")
             assert rejected.returncode == 1 and "error[GW060]" in rejected.stderr and "no-such-host.invalid" in rejected.stderr, rejected.stderr
+            # The diagnostic names the deployed path, not the deleted staging copy.
+            assert ".generations" not in rejected.stderr and "nginx.conf" in rejected.stderr, rejected.stderr
             assert deploy.snapshot() == before
             assert deploy.get("/added") == (200, b"added")
             assert deploy.get("/private", {"X-API-Key": bob_key})[0] == 200
