@@ -1,10 +1,10 @@
 """A content-addressed record of specs that passed structural validation.
 
-openapi-spec-validator dominates the build time of a large spec. A spec whose
-every input file, gwc version and validator version are unchanged cannot
-validate differently, so `gwc validate` followed by `gwc build` in CI pays
-for it once. Only successes are recorded; any failure to use the cache
-just means validating again.
+A spec whose every input file, gwc version, validator version and OpenAPI
+schemas are unchanged cannot validate differently, so `gwc validate` followed
+by `gwc build` in CI pays for the structural check once. Only specs with no
+structural diagnostic at all (warnings included, so they are shown again)
+are recorded; any failure to use the cache just means validating again.
 """
 from __future__ import annotations
 
@@ -29,12 +29,9 @@ def default_dir() -> Optional[Path]:
 
 
 def _validator_version() -> str:
-    try:
-        from importlib.metadata import version
+    from .openapi_structure import schema_versions
 
-        return version("openapi-spec-validator")
-    except Exception:  # noqa: BLE001 - an unknown version only disables reuse
-        return "unknown"
+    return schema_versions()
 
 
 @dataclass(frozen=True)

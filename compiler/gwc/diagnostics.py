@@ -20,6 +20,7 @@ CODES = {
     "GW004": "duplicate key in a mapping",
     "GW010": "OpenAPI structural error",
     "GW011": "unresolvable $ref",
+    "GW013": "a schema's default or example does not match the schema itself (warning)",
     "GW020": "unknown x-gateway key",
     "GW021": "invalid x-gateway value",
     "GW030": "duplicate operationId",

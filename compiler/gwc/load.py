@@ -1,11 +1,13 @@
 """Stage 1: read YAML or JSON with source positions and resolve $refs.
 
-The loaded data are plain dicts and lists. Positions are recovered lazily from
-the YAML node tree, because only diagnostics need them and composing a large
-JSON document costs far more than parsing it.
+The loaded data are plain dicts and lists. Positions are recovered lazily,
+because only diagnostics need them: from the YAML node tree, or for JSON by
+scanning only the containers along the pointer (composing 5.7 MB of JSON as
+YAML takes seconds, and libyaml refuses some valid JSON).
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -42,6 +44,66 @@ def split_pointer(ptr: str) -> List[str]:
     return [t.replace("~1", "/").replace("~0", "~") for t in ptr[1:].split("/")]
 
 
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+_json_decoder = json.JSONDecoder()
+
+
+class _JsonLocator:
+    """Offsets of JSON values by pointer, each container on a path scanned once."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.members: Dict[int, Dict[str, Tuple[int, int]]] = {}
+        self.newlines: Optional[List[int]] = None
+
+    def _ws(self, i: int) -> int:
+        return _JSON_WS.match(self.text, i).end()
+
+    def _children(self, start: int) -> Dict[str, Tuple[int, int]]:
+        """token -> (offset of the key, offset of the value) for the container at start."""
+        got = self.members.get(start)
+        if got is not None:
+            return got
+        text, out = self.text, {}
+        is_object = text[start] == "{"
+        i = self._ws(start + 1)
+        n = 0
+        while i < len(text) and text[i] not in "}]":
+            if is_object:
+                token, j = json.decoder.scanstring(text, i + 1)
+                j = self._ws(self._ws(j) + 1)  # past the ':'
+            else:
+                token, j = str(n), i
+                n += 1
+            out[token] = (i, j)
+            _, j = _json_decoder.raw_decode(text, j)
+            j = self._ws(j)
+            if text[j:j + 1] != ",":
+                break
+            i = self._ws(j + 1)
+        self.members[start] = out
+        return out
+
+    def offset(self, tokens: List[str], key: bool) -> int:
+        node = best = self._ws(0)
+        for i, token in enumerate(tokens):
+            if self.text[node:node + 1] not in ("{", "["):
+                return best
+            found = self._children(node).get(token)
+            if found is None:
+                return best
+            node = found[1]
+            best = found[0] if key and i == len(tokens) - 1 else node
+        return best
+
+    def line_col(self, offset: int) -> Tuple[int, int]:
+        if self.newlines is None:
+            self.newlines = [m.start() for m in re.finditer("\n", self.text)]
+        line = bisect.bisect_left(self.newlines, offset)
+        start = self.newlines[line - 1] + 1 if line else 0
+        return line + 1, offset - start + 1
+
+
 def _node_position(node: yaml.Node) -> Tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
@@ -54,6 +116,7 @@ class SourceFile:
     data: Any
     _root_node: Optional[yaml.Node] = None
     _composed: bool = False
+    _json: Optional[_JsonLocator] = None
 
     @property
     def sha256(self) -> str:
@@ -74,14 +137,23 @@ class SourceFile:
         Falls back to the deepest ancestor that exists, so a diagnostic about a
         missing member still points at its parent.
         """
-        node = self._node()
-        if node is None or ptr is None:
+        if ptr is None:
             return (1, 1)
-        best = _node_position(node)
         try:
             tokens = split_pointer(ptr)
         except ValueError:
-            return best
+            tokens = []
+        if not self._composed and self.path.suffix.lower() == ".json":
+            if self._json is None:
+                self._json = _JsonLocator(self.text)
+            try:
+                return self._json.line_col(self._json.offset(tokens, key))
+            except (ValueError, IndexError):
+                pass  # not plain JSON after all: fall back to the YAML tree
+        node = self._node()
+        if node is None:
+            return (1, 1)
+        best = _node_position(node)
         for i, token in enumerate(tokens):
             last = i == len(tokens) - 1
             if isinstance(node, yaml.MappingNode):

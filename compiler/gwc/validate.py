@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -13,8 +14,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from . import openapi_structure
 from .cache import ValidationCache
-from .diagnostics import Diagnostic, escape_pointer_token
+from .diagnostics import ERROR, Diagnostic, escape_pointer_token
 from .load import Document, LoadError, SourceFile, walk_refs
 from .paths import TemplateError, parse_template
 from .resources import SCHEMA_BASE, schemas
@@ -23,8 +25,6 @@ from .schema_defaults import resolved_anywhere
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _OPENAPI_VERSION = re.compile(r"^3\.(0|1)\.\d+$")
 _MAX_MESSAGE = 240
-_DUPLICATE_OPERATION_ID = re.compile(r"^Operation ID '(.*)' for '(\w+)' in '(.*)' is not unique$")
-_UNRESOLVED_PARAM = re.compile(r"^Path parameter '(.*)' for '(\w+)' operation in '(.*)' was not resolved$")
 
 
 @lru_cache(maxsize=None)
@@ -89,9 +89,9 @@ def check_refs(doc: Document) -> List[Diagnostic]:
 def _inline_external(doc: Document, value: Any, src: SourceFile, active: frozenset) -> Any:
     """A copy of value with every $ref that leaves the root file replaced by its target.
 
-    openapi-spec-validator does not look inside referenced files, so they are
-    validated in place. A reference back into the root file becomes a local
-    one; a cycle through other files is cut with {} once it has been inlined."""
+    Referenced files are thus validated in place, located at the $ref that brings
+    them in. A reference back into the root file becomes a local one; a cycle
+    through other files is cut with {} once it has been inlined."""
     if isinstance(value, dict):
         ref = value.get("$ref")
         if isinstance(ref, str) and (src is not doc.root or not ref.startswith("#")):
@@ -111,40 +111,12 @@ def _inline_external(doc: Document, value: Any, src: SourceFile, active: frozens
     return value
 
 
-def _spec_validator(doc: Document):
-    from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
-
-    cls = OpenAPIV31SpecValidator if str(doc.data.get("openapi", "")).startswith("3.1") else OpenAPIV30SpecValidator
-    data = doc.data if len(doc.files) == 1 else _inline_external(doc, doc.data, doc.root, frozenset())
-    return cls(data, base_uri=doc.root.path.as_uri())
-
-
-def _error_pointer(err: Any) -> str:
-    path = getattr(err, "absolute_path", None) or getattr(err, "path", None) or []
-    return "".join("/" + escape_pointer_token(p) for p in path)
-
-
 def check_openapi_structure(doc: Document) -> List[Diagnostic]:
-    out: List[Diagnostic] = []
-    try:
-        errors = list(_spec_validator(doc).iter_errors())
-    except Exception as exc:  # the validator raises on some malformed inputs instead of yielding
-        return [_diag("GW010", f"invalid OpenAPI document: {exc}", doc.root, "")]
-    for err in errors:
-        ptr = _error_pointer(err)
-        message = getattr(err, "message", str(err))
-        duplicate_id = _DUPLICATE_OPERATION_ID.match(message)
-        if duplicate_id:
-            op_id, method, path = duplicate_id.groups()
-            out.append(_diag("GW030", f"duplicate operationId {op_id!r} ({method.upper()} {path} reuses it)", doc.root, f"/paths/{escape_pointer_token(path)}/{method}/operationId"))
-            continue
-        unresolved = _UNRESOLVED_PARAM.match(message)
-        if unresolved:
-            name, method, path = unresolved.groups()
-            if name.endswith("+") or "{" + name + "+}" in path:
-                continue  # AWS-style greedy {proxy+}: the parameter is declared as `proxy`
-            ptr = f"/paths/{escape_pointer_token(path)}/{method}"
-        out.append(_diag("GW010", f"invalid OpenAPI: {message}", doc.root, ptr))
+    data = doc.data if len(doc.files) == 1 else _inline_external(doc, doc.data, doc.root, frozenset())
+    out = []
+    for code, message, ptr, key, severity in openapi_structure.problems(data):
+        d = _diag(code, message, doc.root, ptr, key=key)
+        out.append(replace(d, severity=severity) if severity != ERROR else d)
     return out
 
 
@@ -258,7 +230,7 @@ def validate(doc: Document, structural: bool = True, cache: Optional[ValidationC
     diags = check_openapi_version(doc)
     if diags:
         return diags
-    # openapi-spec-validator raises on some malformed templates, so they are checked first.
+    # The structural rules read path templates and follow local $refs, so those come first.
     blocking = check_refs(doc) + check_path_templates(doc)
     diags.extend(blocking)
     if structural and not blocking:
