@@ -236,13 +236,15 @@ class _Walk:
     def path_params(self, template: str, method: str, ptr: str, params: List[dict]) -> None:
         declared = {p.get("name") for p in params if p.get("in") == "path"}
         in_url = set(_TEMPLATE_VAR.findall(template))
-        message = "invalid OpenAPI: Path parameter '{}' for '" + method + "' operation in '" + template + "' was not resolved"
+        def unresolved(name: str) -> None:
+            self.add("GW010", f"invalid OpenAPI: Path parameter '{name}' for '{method}' operation in '{template}' was not resolved", ptr)
+
         for name in sorted(in_url - declared):
             if not name.endswith("+"):  # AWS-style greedy {proxy+}: the parameter is declared as `proxy`
-                self.add("GW010", message.format(name), ptr)
+                unresolved(name)
         for name in sorted(n for n in declared - in_url if isinstance(n, str)):
             if "{" + name + "+}" not in template:
-                self.add("GW010", message.format(name), ptr)
+                unresolved(name)
 
     def callback(self, cb: Any, ptr: str) -> None:
         if isinstance(cb, dict) and "$ref" not in cb:
