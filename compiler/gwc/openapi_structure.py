@@ -331,7 +331,7 @@ class _Walk:
             if self.minor == "3.0":
                 checked = _nullable(checked)
             checked["$schema"] = _DRAFT4 if self.minor == "3.0" else _DRAFT2020
-            errors = list(jsonschema_rs.validator_for(checked, validate_formats=False).iter_errors(value))
+            errors = list(jsonschema_rs.validator_for(checked, validate_formats=True).iter_errors(value))
         except (ValueError, TypeError, jsonschema_rs.ReferencingError):
             return  # a schema that cannot be compiled is reported by the request-validator compiler
         if errors:

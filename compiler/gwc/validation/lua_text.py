@@ -2,25 +2,21 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 _SAFE = set(range(0x20, 0x7F)) - {ord('"'), ord("\\")}
+_BYTE = [chr(b) if b in _SAFE else "\\%03d" % b for b in range(256)]
+_BYTE[ord('"')] = '\\"'
+_BYTE[ord("\\")] = "\\\\"
+_NEEDS_ESCAPE = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 
 
 def lua_str(value: str) -> str:
     """A double-quoted Lua string; every byte outside printable ASCII is \\ddd."""
-    out = ['"']
-    for b in value.encode("utf-8", "surrogatepass"):
-        if b in _SAFE:
-            out.append(chr(b))
-        elif b == ord('"'):
-            out.append('\\"')
-        elif b == ord("\\"):
-            out.append("\\\\")
-        else:
-            out.append("\\%03d" % b)
-    out.append('"')
-    return "".join(out)
+    if not _NEEDS_ESCAPE.search(value):  # most strings: printable ASCII, copied as is
+        return '"' + value + '"'
+    return '"' + "".join([_BYTE[b] for b in value.encode("utf-8", "surrogatepass")]) + '"'
 
 
 def lua_num(value) -> str:

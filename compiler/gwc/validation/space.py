@@ -79,15 +79,22 @@ class SchemaSpace:
         self.ids: Dict[str, Loc] = {}        # absolute URI without fragment -> resource root
         self.anchors: Dict[str, Loc] = {}    # absolute URI with #name -> location
         self._indexed: set = set()
+        self._nodes: Dict[Loc, Any] = {}
         # loader(ref_without_fragment, from_file_key) -> (file key, data) for relative files.
         self._loader = loader
 
     def add_file(self, key: str, data: Any, uri: str) -> None:
         self.files[key] = data
+        self._nodes.clear()
         self.file_uri[key] = uri
         self.ids.setdefault(uri, Loc(key, ""))
 
     def node(self, loc: Loc) -> Any:
+        # The compiler asks for most locations several times; the files never change under it.
+        try:
+            return self._nodes[loc]
+        except KeyError:
+            pass
         node = self.files[loc.file]
         for token in split_pointer(loc.pointer):
             if isinstance(node, list):
@@ -96,6 +103,7 @@ class SchemaSpace:
                 node = node[token]
             else:
                 raise KeyError(token)
+        self._nodes[loc] = node
         return node
 
     def base_uri(self, loc: Loc) -> str:
