@@ -173,6 +173,8 @@ def fragment_items(fragment: str) -> Optional[Tuple[Tuple[str, Optional[str]], .
     items = []
     for item in fragment.split("&"):
         name, eq, value = item.partition("=")
+        if eq and _TOKEN.fullmatch(value):
+            eq = ""  # `city={city}`: any value, so the parameter only has to be present
         if not _SELECTOR_NAME.match(name) or (eq and not _SELECTOR_VALUE.match(value)):
             return None
         items.append((name, value if eq else None))

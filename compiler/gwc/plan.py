@@ -65,6 +65,9 @@ class Choice:
     op: int
     conditions: Tuple[Tuple[str, str, Optional[str]], ...]  # (header|query, name, value; None: present)
     media: Tuple[str, ...] = ()  # or: request Content-Types (`type/*` allowed) that select the operation
+    # 1-based positions of the choices one request can meet together with this
+    # one, neither extending the other: meeting both is a 400, not a guess.
+    rivals: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,15 +176,19 @@ class Plan:
         return {"schemes": schemes, "operations": operations, "forward_headers": list(self.forwarded_headers)}
 
 
-def _selector_var(kind: str, name: str) -> str:
-    """The nginx variable holding a header or query parameter (`$arg_` names are case-insensitive, like headers)."""
-    return ("http_" + name.lower().replace("-", "_")) if kind == "header" else "arg_" + name
+def _selector(kind: str, name: str) -> list:
+    """Where the router reads a condition: a header through its nginx variable,
+    a query parameter (which `$arg_` cannot see without a `=`) by name."""
+    return ["h", "http_" + name.lower().replace("-", "_")] if kind == "header" else ["q", name]
 
 
 def _choice_data(c: Choice) -> dict:
     if c.media:
         return {"op": c.op + 1, "media": {m: True for m in c.media}}
-    return {"op": c.op + 1, "when": [[_selector_var(k, n), v if v is not None else True] for k, n, v in c.conditions]}
+    out = {"op": c.op + 1, "when": [_selector(k, n) + [v if v is not None else True] for k, n, v in c.conditions]}
+    if c.rivals:
+        out["rivals"] = list(c.rivals)
+    return out
 
 
 def _expects(choices: Tuple[Choice, ...]) -> str:
@@ -368,17 +375,22 @@ def _select(gateway: Gateway, method: str, candidates: List[int], diags: List[Di
             return None
     for x in range(len(ops)):
         for y in range(x + 1, len(ops)):
-            a, b = conds[x], conds[y]
-            if not a or not b or _exclusive(a, b) or set(a) < set(b) or set(b) < set(a):
-                continue
-            diags.append(_path_diag(
-                "GW082", f"{_describe(ops[x])} and {_describe(ops[y])} share a path and method, and one request "
-                "can meet the conditions of both fragments; make the fragments name different values of one parameter", ops[y]))
-            return None
+            if conds[x] and set(conds[x]) == set(conds[y]):
+                diags.append(_path_diag(
+                    "GW082", f"{_describe(ops[x])} and {_describe(ops[y])} share a path and method, and their "
+                    "fragments ask for the same parameters, so no request tells them apart", ops[y]))
+                return None
     # More conditions first, so a fragment that extends another wins over it.
     ranked = sorted((c, k, i) for k, (i, c) in enumerate(zip(candidates, conds)) if c)
     ranked.sort(key=lambda t: (-len(t[0]), t[1]))
-    choices = tuple(Choice(i, c) for c, _, i in ranked)
+
+    def rivals(a: tuple) -> Tuple[int, ...]:
+        return tuple(
+            q for q, (b, _, _) in enumerate(ranked, start=1)
+            if b is not a and not _exclusive(a, b) and not set(a) < set(b) and not set(b) < set(a)
+        )
+
+    choices = tuple(Choice(i, c, rivals=rivals(c)) for c, _, i in ranked)
     return choices, plain[0] if plain else -1
 
 

@@ -5,6 +5,7 @@
 local ngx = ngx
 local var = ngx.var
 local get_method = ngx.req.get_method
+local get_uri_args = ngx.req.get_uri_args
 local find = string.find
 local sub = string.sub
 local match = string.match
@@ -271,35 +272,58 @@ local function request_media_type()
     return lower(match(ct, "^%s*([^;%s]+)") or "")
 end
 
-local function select_operation(sel)
-    local choices = sel.choices
-    local media_type
-    for i = 1, #choices do
-        local choice = choices[i]
-        local media = choice.media
-        if media then
-            -- By Content-Type: the build made the media types disjoint, type/* included.
-            media_type = media_type or request_media_type() or ""
-            if media[media_type] or media[(match(media_type, "^[^/]+") or "") .. "/*"] then
-                return choice.op
+local request_args -- the query of the request being selected for, once parsed
+
+local function meets(choice)
+    local media = choice.media
+    if media then
+        -- By Content-Type: the build made the media types disjoint, type/* included.
+        local media_type = request_media_type() or ""
+        return media[media_type] or media[(match(media_type, "^[^/]+") or "") .. "/*"] or false
+    end
+    local when = choice.when
+    for j = 1, #when do
+        local cond = when[j]
+        local value
+        if cond[1] == "q" then
+            -- Parsed once per request, and only on these routes: a bare `?uploads` is true here.
+            if not request_args then
+                request_args = get_uri_args(100)
+            end
+            value = request_args[cond[2]]
+            if type(value) == "table" then
+                value = value[1]
             end
         else
-            local when = choice.when
-            local ok = true
-            for j = 1, #when do
-                local cond = when[j]
-                local value = var[cond[1]]
-                if value == nil or (cond[2] ~= true and value ~= cond[2]) then
-                    ok = false
-                    break
-                end
-            end
-            if ok then
-                return choice.op
-            end
+            value = var[cond[2]]
+        end
+        if value == nil or (cond[3] ~= true and value ~= cond[3]) then
+            return false
         end
     end
-    return sel.fallback
+    return true
+end
+
+-- Returns the operation index, or nil and whether the request met the
+-- conditions of two operations at once.
+local function select_operation(sel)
+    request_args = nil
+    local choices = sel.choices
+    for i = 1, #choices do
+        local choice = choices[i]
+        if meets(choice) then
+            local rivals = choice.rivals
+            if rivals then
+                for j = 1, #rivals do
+                    if meets(choices[rivals[j]]) then
+                        return nil, true
+                    end
+                end
+            end
+            return choice.op
+        end
+    end
+    return sel.fallback or nil, false
 end
 
 -- The request path as a JSON string, for the problem body nginx sends
@@ -343,10 +367,11 @@ function _M.route()
     end
     if type(index) == "table" then
         local sel = index
-        index = select_operation(sel)
+        local both
+        index, both = select_operation(sel)
         if not index then
             -- gw:e400s names what the client must send through $gw_allow.
-            var.gw_allow = sel.expects
+            var.gw_allow = both and "only one of " .. sel.expects or sel.expects
             var.gw_instance = instance()
             return "e400s"
         end

@@ -169,12 +169,18 @@ SHAPE_CASES = [
       /analyze#overload=stream:
         post: {operationId: two, requestBody: {content: {image/*: {}}}, responses: {"200": {description: ok}}}
     """, ["GW082"], "/paths/~1analyze#overload=stream"),
-    ("fragments whose conditions can both hold are an error", """\
+    ("fragments whose conditions can both hold build (meeting both is a 400)", """\
       /b#uploads:
         post: {operationId: one, parameters: [{name: uploads, in: query, schema: {type: string}}], responses: {"200": {description: ok}}}
       /b#restore:
         post: {operationId: two, parameters: [{name: restore, in: query, schema: {type: string}}], responses: {"200": {description: ok}}}
-    """, ["GW082"], "/paths/~1b#restore"),
+    """, [], None),
+    ("fragments asking for the same parameters are an error", """\
+      /b#uploads:
+        post: {operationId: one, parameters: [{name: uploads, in: query, schema: {type: string}}], responses: {"200": {description: ok}}}
+      /b?uploads:
+        post: {operationId: two, responses: {"200": {description: ok}}}
+    """, ["GW082"], "/paths/~1b?uploads"),
 ]
 
 
@@ -210,13 +216,13 @@ def test_fragments_select_by_header_and_query(tmp_path):
     data = p.route_data()
     root = next(r for r in data["routes"] if r["path"] == "/")
     sel = root["methods"]["POST"]
-    assert [c["when"] for c in sel["choices"]] == [[["http_x_amz_target", "Svc.A"]], [["http_x_amz_target", "Svc.B"]]]
+    assert [c["when"] for c in sel["choices"]] == [[["h", "http_x_amz_target", "Svc.A"]], [["h", "http_x_amz_target", "Svc.B"]]]
     assert sel["fallback"] is False and sel["expects"] == "the X-Amz-Target header"
     w = next(r for r in data["routes"] if r["path"].startswith("/w/"))["methods"]["PUT"]
     ids = [data["operations"][c["op"] - 1]["id"] for c in w["choices"]]
     assert ids == ["create2", "create"], "the fragment with more conditions is tried first"
     assert data["operations"][w["fallback"] - 1]["id"] == "plain"
-    assert w["choices"][0]["when"] == [["arg_op", "CREATE"], ["arg_overwrite", True]]
+    assert w["choices"][0]["when"] == [["q", "op", "CREATE"], ["q", "overwrite", True]]
 
 
 def test_every_server_base_path_is_served(tmp_path):
