@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from functools import lru_cache
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 from urllib.parse import urljoin
 
 from .resources import SCHEMA_BASE, schemas
@@ -24,8 +24,28 @@ def _lookup(ref: str, base: str) -> Tuple[dict, str]:
     return node, doc_uri
 
 
+# (id of a schema with a $ref, base) -> (that schema, result). Keeping the schema
+# alive keeps its id from being reused; the model asks for the same few hundred
+# shipped schema nodes once per operation.
+_RESOLVED: Dict[Tuple[int, str], Tuple[dict, Tuple[dict, str]]] = {}
+
+
 def _resolved(schema: dict, base: str) -> Tuple[dict, str]:
-    """Merge a schema's own keywords over its $ref target (one level at a time)."""
+    """Merge a schema's own keywords over its $ref target (one level at a time).
+
+    The result is shared: callers never mutate it."""
+    if "$ref" not in schema:
+        return schema, base
+    key = (id(schema), base)
+    hit = _RESOLVED.get(key)
+    if hit is not None:
+        return hit[1]
+    result = _merge_refs(schema, base)
+    _RESOLVED[key] = (schema, result)
+    return result
+
+
+def _merge_refs(schema: dict, base: str) -> Tuple[dict, str]:
     seen = 0
     merged = dict(schema)
     while "$ref" in merged and seen < 16:
@@ -69,5 +89,6 @@ def with_defaults(instance: Any, schema: dict, base: str = SCHEMA_BASE + "x-gate
     return out
 
 
+@lru_cache(maxsize=None)
 def level_schema(level: str) -> dict:
     return {"$ref": f"#/$defs/{level}"}
