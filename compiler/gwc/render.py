@@ -12,6 +12,7 @@ import errno
 import fcntl
 import hashlib
 import json
+from json.encoder import encode_basestring as _encode_str  # the C function when available
 import os
 import re
 import shutil
@@ -100,8 +101,65 @@ class RenderOptions:
     foreground: bool = False  # logs to stdout/stderr, for `gwc run`
 
 
+class _NotPlainJson(Exception):
+    pass
+
+
+def _indented(value, out: List[str], depth: int) -> None:
+    """json.dumps(indent=1, sort_keys=True, ensure_ascii=False), byte for byte.
+
+    With indent, json uses its pure-Python encoder, the largest part of
+    rendering 10,000 routes; this writes the same text in half the time."""
+    if isinstance(value, str):
+        out.append(_encode_str(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _NotPlainJson
+        out.append(float.__repr__(value))
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            out.append("[]")
+            return
+        inner = "\n" + " " * (depth + 1)
+        sep = "[" + inner
+        for item in value:
+            out.append(sep)
+            sep = "," + inner
+            _indented(item, out, depth + 1)
+        out.append("\n" + " " * depth + "]")
+    elif isinstance(value, dict):
+        if not value:
+            out.append("{}")
+            return
+        if not all(type(k) is str for k in value):
+            raise _NotPlainJson
+        inner = "\n" + " " * (depth + 1)
+        sep = "{" + inner
+        for key in sorted(value):
+            out.append(sep + _encode_str(key) + ": ")
+            sep = "," + inner
+            _indented(value[key], out, depth + 1)
+        out.append("\n" + " " * depth + "}")
+    else:
+        raise _NotPlainJson
+
+
 def _json_bytes(value) -> bytes:
-    return (json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    out: List[str] = []
+    try:
+        _indented(value, out, 0)
+        text = "".join(out)
+    except _NotPlainJson:  # non-finite floats, non-string keys, other types: json's own rules
+        text = json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False)
+    return (text + "\n").encode("utf-8")
 
 
 def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
