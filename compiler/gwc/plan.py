@@ -194,7 +194,9 @@ def _choice_data(c: Choice) -> dict:
 def _expects(choices: Tuple[Choice, ...]) -> str:
     """What the client must send, for the 400 problem: built from names the spec vetted as safe."""
     if choices and choices[0].media:
-        return "a Content-Type of " + ", ".join(m for c in choices for m in c.media)
+        types = [m for c in choices for m in c.media if m != NO_BODY]
+        none = any(NO_BODY in c.media for c in choices)
+        return "a Content-Type of " + ", ".join(types) + (", or none" if none else "")
     seen: Dict[tuple, str] = {}
     for c in choices:
         for kind, name, _ in c.conditions:
@@ -324,6 +326,7 @@ def _exclusive(a: tuple, b: tuple) -> bool:
     return any(v is not None and values_a.get((k, n.lower() if k == "header" else n), v) != v for k, n, v in b)
 
 
+NO_BODY = ""  # the media "type" of a request without a Content-Type
 _MEDIA = re.compile(r"^[a-z0-9][a-z0-9.+_-]*/(\*|[a-z0-9][a-z0-9.+_-]*)$")
 
 
@@ -332,18 +335,21 @@ def _by_media(candidates: List[int], ops: List[Operation]) -> Optional[Tuple[Cho
     octet-stream), when every operation takes a body and no media type, `type/*`
     included, is accepted by two of them."""
     owner: Dict[str, int] = {}
+    if sum(not op.body_media_types for op in ops) > 1:
+        return None
     for k, op in enumerate(ops):
         if not op.body_media_types:
-            return None
+            owner[NO_BODY] = k  # one operation without a body: requests without a Content-Type
+            continue
         for m in op.body_media_types:
             if not _MEDIA.match(m) or m in owner:
                 return None
             owner[m] = k
     for m, k in owner.items():
         major = m.split("/", 1)[0] + "/*"
-        if owner.get(major, k) != k:
+        if m != NO_BODY and owner.get(major, k) != k:
             return None
-    return tuple(Choice(i, (), op.body_media_types) for i, op in zip(candidates, ops))
+    return tuple(Choice(i, (), op.body_media_types or (NO_BODY,)) for i, op in zip(candidates, ops))
 
 
 def _select(gateway: Gateway, method: str, candidates: List[int], diags: List[Diagnostic]):

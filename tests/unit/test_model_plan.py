@@ -163,6 +163,18 @@ SHAPE_CASES = [
       /analyze#overload=stream:
         post: {operationId: stream, requestBody: {content: {application/octet-stream: {}}}, responses: {"200": {description: ok}}}
     """, [], None),
+    ("one overload without a body takes requests without a Content-Type", """\
+      /img:
+        post: {operationId: plain, responses: {"200": {description: ok}}}
+      /img#overload=stream:
+        post: {operationId: stream, requestBody: {content: {image/png: {}}}, responses: {"200": {description: ok}}}
+    """, [], None),
+    ("two overloads without a body are an error", """\
+      /img:
+        post: {operationId: one, responses: {"200": {description: ok}}}
+      /img#overload=stream:
+        post: {operationId: two, responses: {"200": {description: ok}}}
+    """, ["GW082"], "/paths/~1img#overload=stream"),
     ("overloads whose media types overlap are an error", """\
       /analyze:
         post: {operationId: one, requestBody: {content: {image/png: {}}}, responses: {"200": {description: ok}}}
