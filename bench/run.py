@@ -488,11 +488,18 @@ def check_same_forwarding(reference: Server, others: List[Server]) -> Dict[str, 
     return want
 
 
+def _same_rounds(num: dict, ref: dict) -> List[Tuple[dict, dict]]:
+    pairs = list(zip(num["rounds"], ref["rounds"]))
+    if len(num["rounds"]) != len(ref["rounds"]) or any(a["round"] != b["round"] for a, b in pairs):
+        raise RuntimeError(f"{num['label']} and {ref['label']} were not measured in the same rounds")
+    return pairs
+
+
 def paired_ratio(num: dict, ref: dict) -> dict:
     """num/ref round by round. Both ran in the same round, seconds apart, so a
     load change between rounds cancels out of each round's ratio; the ratio of
     the two medians keeps it when the cases' medians fall in different rounds."""
-    ratios = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(num["rounds"], ref["rounds"], strict=True)]
+    ratios = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in _same_rounds(num, ref)]
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": ratios}
 
 
@@ -686,7 +693,7 @@ def scenario_validation(base: Path, st: Settings) -> dict:
         c["added_us_vs_unvalidated"] = c["cpu_us_per_req_median"] - off["cpu_us_per_req_median"]
         # The same difference taken within each round, for the reason paired_ratio gives.
         c["added_us_vs_unvalidated_paired"] = statistics.median(
-            a["cpu_us_per_req"] - b["cpu_us_per_req"] for a, b in zip(c["rounds"], off["rounds"], strict=True)
+            a["cpu_us_per_req"] - b["cpu_us_per_req"] for a, b in _same_rounds(c, off)
         )
     return result
 
@@ -902,7 +909,11 @@ def markdown(report: dict) -> str:
         f"- machine: {env['cores']} cores ({env['cpu_model']}), Linux {env['kernel']}",
         f"- nginx {env['nginx']}; {env['wrk']}; Python {env['python']}; gwc {env['gwc']} at {env['git_commit']}",
         f"- CPU: `wrk -t1 -c{st['connections']} -d{st['secs']}s` (keep-alive), {st['rounds']} interleaved rounds "
-        "(order reversed every other round); gateway CPU = Δ first field of the single worker's `/proc/<pid>/schedstat` ÷ requests completed; median over rounds.",
+        "(round r starts r cases further along the list, so every case runs first in turn); "
+        "gateway CPU = Δ first field of the single worker's `/proc/<pid>/schedstat` ÷ requests completed; median over rounds.",
+        "- ratios: \"per round\" = the median over rounds of (case ÷ reference) taken within each round, where both ran seconds apart "
+        "under the same load, with its min–max over rounds; \"of medians\" = the case's median ÷ the reference's median, "
+        "which keeps load changes between rounds. Lead with per round.",
         f"- latency: paced client, one keep-alive connection, {st['latency_rate']} req/s for {st['latency_secs']} s × {st['latency_rounds']} round(s), "
         "response time from send (perf_counter_ns), client overhead included equally for every case; "
         "client, gateway worker and backend worker pinned to CPU 0 while measuring (placement alone moves p50 by tens of µs).",
@@ -922,12 +933,14 @@ def markdown(report: dict) -> str:
             "`$request_id` sent upstream and returned, the same buffered JSON access log fields, the same upstream keepalive and "
             "http settings. \"vs hand-written\" compares with the hand-written config of the same access_log setting, measured in the same rounds.",
             "",
-            "| case | CPU µs/req (median) | min–max | ratio vs bare | ratio vs hand-written | req/s (median) | unexpected responses |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| case | CPU µs/req (median) | min–max | vs bare, per round (min–max) | vs hand-written, per round (min–max) "
+            "| vs bare, of medians | vs hand-written, of medians | req/s (median) | unexpected responses |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for c in r["cases"].values():
             lines.append(
                 f"| {c['label']} | {_f(c['cpu_us_per_req_median'])} | {_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | "
+                f"{_paired(c, 'vs_bare')} | {_paired(c, 'vs_handwritten')} | "
                 f"{_f(c['ratio_vs_bare'], 3)} | {_f(c.get('ratio_vs_handwritten'), 3)} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
             )
         fwd = ", ".join(f"`{k}: {v}`" if v else f"{k} (not sent)" for k, v in r["forwarded_headers"].items())
@@ -940,12 +953,14 @@ def markdown(report: dict) -> str:
             "\"vs public\" compares with a public operation of the same gateway (for token cases: receiving the same token headers), "
             "so it isolates the cost of authentication; \"vs bare\" includes gwc's routing and the larger requests as well.",
             "",
-            "| case | CPU µs/req (median) | min–max | ratio vs bare | ratio vs public | req/s (median) | unexpected responses | note |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| case | CPU µs/req (median) | min–max | vs bare, per round (min–max) | vs public, per round (min–max) "
+            "| vs bare, of medians | vs public, of medians | req/s (median) | unexpected responses | note |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for c in r["cases"].values():
             lines.append(
                 f"| {c['label']} | {_f(c['cpu_us_per_req_median'])} | {_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | "
+                f"{_paired(c, 'vs_bare')} | {_paired(c, 'vs_public')} | "
                 f"{_f(c['ratio_vs_bare'], 3)} | {_f(c['ratio_vs_public'], 3)} | {c['rps_median']:.0f} | {c['unexpected_responses']} | {c['note']} |"
             )
         lines.append("")
@@ -954,14 +969,17 @@ def markdown(report: dict) -> str:
         lines += [
             f"## validation: POST of a {r['body_bytes']}-byte Pet body (`access_log off`)",
             "",
-            "\"added\" is the CPU the validation adds over the same gateway's unvalidated operation, measured in the same rounds.",
+            "\"added\" is the CPU the validation adds over the same gateway's unvalidated operation, measured in the same rounds: "
+            "per round = the median of the within-round differences; of medians = difference of the two medians.",
             "",
-            "| case | CPU µs/req (median) | min–max | ratio vs bare | added µs | req/s (median) | unexpected responses |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| case | CPU µs/req (median) | min–max | vs bare, per round (min–max) | added µs, per round | vs bare, of medians "
+            "| added µs, of medians | req/s (median) | unexpected responses |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for c in r["cases"].values():
             lines.append(
                 f"| {c['label']} | {_f(c['cpu_us_per_req_median'])} | {_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | "
+                f"{_paired(c, 'vs_bare')} | {_f(c['added_us_vs_unvalidated_paired'])} | "
                 f"{_f(c['ratio_vs_bare'], 3)} | {_f(c['added_us_vs_unvalidated'])} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
             )
         lines.append("")
@@ -972,13 +990,15 @@ def markdown(report: dict) -> str:
             f"## many-routes: {s['paths']} paths, {s['operations']} operations, {s['routes']} routes (gwc build {s['build_s']:.2f} s)",
             "",
             "Route rank is the position in the generated route order (precedence). "
-            "\"vs one-route\" compares with the one-route gwc config of the same variant, measured in the same rounds (target: within 5%).",
+            "\"vs one-route\" compares with the one-route gwc config of the same variant, measured in the same rounds "
+            "(target: within 5%, judged on the per-round median).",
             "",
-            "| case | path | route | CPU µs/req (median) | min–max | ratio vs bare | vs one-route | within 5% | req/s | unexpected |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | :---: | ---: | ---: |",
+            "| case | path | route | CPU µs/req (median) | min–max | vs bare, per round (min–max) | vs one-route, per round (min–max) "
+            "| within 5% | vs bare, of medians | vs one-route, of medians | req/s | unexpected |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: |",
         ]
         for key, c in r["cases"].items():
-            vs_one = c.get("ratio_vs_one_route")
+            vs_one = (c.get("ratio_vs_one_route_paired") or {}).get("median")
             if vs_one is None or key.endswith("/one-route"):
                 within = ""
             elif key.endswith("/404"):
@@ -987,8 +1007,8 @@ def markdown(report: dict) -> str:
                 within = "yes" if abs(vs_one - 1) <= 0.05 else "**no**"
             lines.append(
                 f"| {c['label']} | `{c['path']}` | {c['note'] or '–'} | {_f(c['cpu_us_per_req_median'])} | "
-                f"{_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | {_f(c['ratio_vs_bare'], 3)} | "
-                f"{_f(vs_one, 3)} | {within} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
+                f"{_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | {_paired(c, 'vs_bare')} | {_paired(c, 'vs_one_route')} | "
+                f"{within} | {_f(c['ratio_vs_bare'], 3)} | {_f(c.get('ratio_vs_one_route'), 3)} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
             )
         lines += [
             "",
@@ -1031,6 +1051,11 @@ def markdown(report: dict) -> str:
             lines += ["", "cProfile of one in-process build: " + ", ".join(f"`{p}`" for p in profiles) + "."]
         lines.append("")
     return "\n".join(lines)
+
+
+def _paired(c: dict, name: str) -> str:
+    p = c.get(f"ratio_{name}_paired")
+    return "–" if p is None else f"**{p['median']:.3f}** ({p['min']:.3f}–{p['max']:.3f})"
 
 
 def _latency_table(lat: Dict[str, dict]) -> str:
