@@ -213,6 +213,8 @@ class _Walk:
                 continue
             out.append(resolved)
             key = (resolved.get("name"), resolved.get("in"))
+            if not all(isinstance(k, str) for k in key):
+                continue  # the schema pass reports the wrong type
             if key in seen:
                 self.add("GW010", f"invalid OpenAPI: Duplicate parameter {key[0]!r}", p)
             seen.add(key)
@@ -234,7 +236,7 @@ class _Walk:
         self.each(op.get("callbacks"), ptr + "/callbacks", self.callback)
 
     def path_params(self, template: str, method: str, ptr: str, params: List[dict]) -> None:
-        declared = {p.get("name") for p in params if p.get("in") == "path"}
+        declared = {p.get("name") for p in params if p.get("in") == "path" and isinstance(p.get("name"), str)}
         in_url = set(_TEMPLATE_VAR.findall(template))
         def unresolved(name: str) -> None:
             self.add("GW010", f"invalid OpenAPI: Path parameter '{name}' for '{method}' operation in '{template}' was not resolved", ptr)
@@ -242,7 +244,7 @@ class _Walk:
         for name in sorted(in_url - declared):
             if not name.endswith("+"):  # AWS-style greedy {proxy+}: the parameter is declared as `proxy`
                 unresolved(name)
-        for name in sorted(n for n in declared - in_url if isinstance(n, str)):
+        for name in sorted(declared - in_url):
             if "{" + name + "+}" not in template:
                 unresolved(name)
 
@@ -300,7 +302,7 @@ class _Walk:
                     self.schema(sub, f"{ptr}/{kw}/{escape_pointer_token(name)}")
         if top and isinstance(schema.get("allOf"), list) and isinstance(schema.get("required"), list):
             known = self.properties(schema, 0)
-            missing = sorted(str(r) for r in schema["required"] if r not in known)
+            missing = sorted(r for r in schema["required"] if isinstance(r, str) and r not in known)
             if missing:
                 self.add("GW010", f"invalid OpenAPI: Required list has not defined properties: {missing}", ptr + "/required")
         for kw in ("default", "example"):

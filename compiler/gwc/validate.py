@@ -113,8 +113,12 @@ def _inline_external(doc: Document, value: Any, src: SourceFile, active: frozens
 
 def check_openapi_structure(doc: Document) -> List[Diagnostic]:
     data = doc.data if len(doc.files) == 1 else _inline_external(doc, doc.data, doc.root, frozenset())
+    try:
+        problems = openapi_structure.problems(data)
+    except RecursionError:
+        return [_diag("GW010", "invalid OpenAPI: the document nests too deeply to check", doc.root, "")]
     out = []
-    for code, message, ptr, key, severity in openapi_structure.problems(data):
+    for code, message, ptr, key, severity in problems:
         d = _diag(code, message, doc.root, ptr, key=key)
         out.append(replace(d, severity=severity) if severity != ERROR else d)
     return out

@@ -58,6 +58,29 @@ CASES = [
         "code": "GW010",
     },
     {
+        "name": "openapi-structure-json",
+        "file": "api.json",
+        "spec": '{\n "openapi": "3.0.3",\n "info": {"title": "t", "version": "1"},\n "x-gateway": {"upstreams": {"p": {"servers": ["http://127.0.0.1:9000"]}}, "upstream": "p"},\n "paths": {"/a": {"get": {"responses": {"200": {"description": "ok", "conten": {}}}}}}\n}\n',
+        "code": "GW010",
+        "pointer": "/paths/~1a/get/responses/200/conten",
+        "line": 5,
+    },
+    {
+        "name": "undeclared-path-parameter",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a/{id}:\n    get: {responses: {'200': {description: ok}}}\n",
+        "code": "GW010",
+        "pointer": "/paths/~1a~1{id}/get",
+        "message": "Path parameter 'id' for 'get' operation in '/a/{id}' was not resolved",
+        "line": 9,
+    },
+    {
+        "name": "duplicate-parameter",
+        "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    get:\n      parameters: [{name: q, in: query, schema: {type: string}}, {name: q, in: query, schema: {type: integer}}]\n      responses: {'200': {description: ok}}\n",
+        "code": "GW010",
+        "pointer": "/paths/~1a/get/parameters/1",
+        "message": "Duplicate parameter 'q'",
+    },
+    {
         "name": "unknown-gateway-key",
         "spec": HEADER + "x-gateway:\n  upstreamz: {}\n" + "paths: {}\n",
         "code": "GW020",
@@ -326,7 +349,7 @@ def test_missing_file(tmp_path):
 
 
 def test_errors_inside_referenced_files_are_found(tmp_path):
-    """openapi-spec-validator skips referenced files; gwc validates them in place."""
+    """Referenced files are validated in place, located at the $ref that brings them in."""
     (tmp_path / "api.yaml").write_text(HEADER + UPSTREAM + "paths:\n  /a: {$ref: 'paths.yaml#/a'}\n")
     (tmp_path / "paths.yaml").write_text("a:\n  get:\n    responses: {'200': {descriptio: ok}}\n")
     proc = _gwc("validate", "--no-cache", "api.yaml", "--format", "json", cwd=tmp_path)
@@ -334,3 +357,18 @@ def test_errors_inside_referenced_files_are_found(tmp_path):
     diags = json.loads(proc.stdout)
     assert [(d["code"], d["pointer"]) for d in diags] == [("GW010", "/paths/~1a/get/responses/200")]
     assert diags[0]["line"] == 8, "reported at the $ref that brings the file in"
+
+
+def test_default_contradicting_its_schema_is_a_located_warning(tmp_path):
+    """Such a default changes nothing at runtime: the build succeeds and says where it is."""
+    (tmp_path / "api.yaml").write_text(HEADER + UPSTREAM + textwrap.dedent("""\
+        paths:
+          /a:
+            get:
+              parameters: [{name: q, in: query, schema: {type: string, enum: [1, 3], default: '1'}}]
+              responses: {'200': {description: ok}}
+        """))
+    proc = _gwc("build", "api.yaml", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "api.yaml:10:87: warning[GW013]: default \"1\" does not match its own schema" in proc.stderr
+    assert "(at /paths/~1a/get/parameters/0/schema/default)" in proc.stderr
