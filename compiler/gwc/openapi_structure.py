@@ -237,7 +237,8 @@ class _Walk:
 
     def path_params(self, template: str, method: str, ptr: str, params: List[dict]) -> None:
         declared = {p.get("name") for p in params if p.get("in") == "path" and isinstance(p.get("name"), str)}
-        in_url = set(_TEMPLATE_VAR.findall(template))
+        # A ?query or #fragment in a path key is no path parameter (see docs/routing.md).
+        in_url = set(_TEMPLATE_VAR.findall(re.split(r"[?#]", template, 1)[0]))
         def unresolved(name: str) -> None:
             self.add("GW010", f"invalid OpenAPI: Path parameter '{name}' for '{method}' operation in '{template}' was not resolved", ptr)
 

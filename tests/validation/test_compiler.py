@@ -102,7 +102,7 @@ def test_relative_file_refs_and_diagnostic_positions(tmp_path):
         Thing:
           type: object
           properties:
-            name: {type: string, pattern: "(?<=x)y"}
+            name: {type: string, pattern: "(?<=x+)y"}
             parent: {$ref: "#/Thing"}
         """})
     doc, errs = load(str(path))

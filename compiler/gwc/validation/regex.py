@@ -64,6 +64,36 @@ def _hex(p: str, i: int, n: int) -> Optional[int]:
     return None
 
 
+def _fixed_length_body(p: str, i: int) -> bool:
+    """Whether the group body starting at i, up to its ')', matches a fixed
+    number of characters: no quantifier, group, alternation or backreference."""
+    n = len(p)
+    in_class = False
+    while i < n:
+        c = p[i]
+        if c == "\\":
+            nxt = p[i + 1] if i + 1 < n else ""
+            if (nxt.isdigit() and nxt != "0") or nxt == "k":
+                return False
+            i += 2
+            if nxt in "pPu" and i < n and p[i] == "{":
+                end = p.find("}", i)
+                if end < 0:
+                    return False
+                i = end + 1
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == ")":
+            return True
+        elif c in "(|*+?{":
+            return False
+        i += 1
+    return False
+
+
 def translate(pattern: str) -> Translated:
     """Raises PatternError."""
     out: List[str] = []
@@ -100,8 +130,12 @@ def translate(pattern: str) -> Translated:
             return "\\" + ch, j + 2, "char"
         if ch == "v":
             return "\\x0b", j + 2, "char"
-        if ch == "0" and not (j + 2 < n and pattern[j + 2].isdigit()):
-            return "\\x00", j + 2, "char"
+        if ch == "0":
+            # Annex B legacy octal escape: \0 plus up to two octal digits.
+            end = j + 2
+            while end < min(j + 4, n) and pattern[end] in "01234567":
+                end += 1
+            return "\\x%02x" % int(pattern[j + 1:end], 8), end, "char"
         if ch.isdigit():
             raise PatternError("GW072", f"backreference \\{ch} cannot run safely (and PCRE's meaning differs)")
         if ch == "k" and j + 2 < n and pattern[j + 2] == "<":
@@ -197,10 +231,14 @@ def translate(pattern: str) -> Translated:
             stack[-1].seps += 1
             continue
         if ch == "(":
-            if pattern.startswith("(?<=", i) or pattern.startswith("(?<!", i):
-                raise PatternError("GW072", "lookbehind assertions are not supported (PCRE needs fixed-length lookbehind)")
+            lookbehind = pattern.startswith("(?<=", i) or pattern.startswith("(?<!", i)
+            if lookbehind and not _fixed_length_body(pattern, i + 4):
+                raise PatternError("GW072", "lookbehind must have a fixed length (characters, escapes and classes, no quantifier, group or alternation): PCRE needs that")
             g = _Group(start=len(out) + 1)
-            if pattern.startswith("(?:", i) or pattern.startswith("(?=", i) or pattern.startswith("(?!", i):
+            if lookbehind:
+                out.append(pattern[i:i + 4])
+                i += 4
+            elif pattern.startswith("(?:", i) or pattern.startswith("(?=", i) or pattern.startswith("(?!", i):
                 out.append(pattern[i:i + 3])
                 i += 3
             elif pattern.startswith("(?<", i):

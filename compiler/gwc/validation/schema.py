@@ -139,7 +139,7 @@ class SchemaCompiler:
                 # Dynamic scopes multiply functions; a pathological schema stops here.
                 if not self._too_big:
                     self._too_big = True
-                    self.problem("GW070", f"schema needs more than {MAX_FUNCTIONS} validator functions", loc)
+                    self.problem("GW070", f"schema needs more than {MAX_FUNCTIONS} validator functions; simplify it, or set x-gateway: {{validate: {{body: false}}}} on this operation", loc)
                 key = (Loc(loc.file, loc.pointer), ())
                 if key not in self.index:
                     return 0
