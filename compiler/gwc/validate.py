@@ -10,9 +10,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Iterator, List, Optional, Tuple
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
+import jsonschema_rs
 
 from . import openapi_structure
 from .cache import ValidationCache
@@ -28,16 +26,33 @@ _MAX_MESSAGE = 240
 
 
 @lru_cache(maxsize=None)
-def _registry() -> Registry:
+def _registry():
+    from referencing import Registry, Resource
+
     resources = [(uri, Resource.from_contents(doc)) for uri, doc in schemas().items()]
     return Registry().with_resources(resources)
 
 
+def _level_schema(level: str) -> dict:
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$ref": f"{SCHEMA_BASE}x-gateway.json#/$defs/{level}"}
+
+
 @lru_cache(maxsize=None)
-def level_validator(level: str) -> Draft202012Validator:
-    """Validator for the x-gateway object at one level: root, pathItem or operation."""
-    schema = {"$ref": f"{SCHEMA_BASE}x-gateway.json#/$defs/{level}"}
-    return Draft202012Validator(schema, registry=_registry())
+def level_validator(level: str):
+    """Validator for the x-gateway object at one level: root, pathItem or
+    operation; the one that explains errors (jsonschema keeps each error's
+    schema and context, which the diagnostics use)."""
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(_level_schema(level), registry=_registry())
+
+
+@lru_cache(maxsize=None)
+def _level_checker(level: str):
+    """The compiled twin of level_validator: most documents are valid, and
+    then jsonschema (about 0.1 s to import) is never needed."""
+    registry = jsonschema_rs.Registry(list(schemas().items()))
+    return jsonschema_rs.Draft202012Validator(_level_schema(level), registry=registry, validate_formats=False)
 
 
 def _diag(code: str, message: str, src: SourceFile, ptr: str, key: bool = False) -> Diagnostic:
@@ -211,6 +226,8 @@ def _schema_error_diags(err: ValidationError, src: SourceFile, base: str, valida
 def check_gateway(doc: Document) -> List[Diagnostic]:
     out: List[Diagnostic] = []
     for level, value, src, ptr in gateway_locations(doc):
+        if _level_checker(level).is_valid(value):
+            continue
         validator = level_validator(level)
         for err in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path))):
             out.extend(_schema_error_diags(err, src, ptr, validator))
