@@ -18,7 +18,8 @@ from . import cache as cache_mod
 from . import pipeline, runtime
 from .cache import ValidationCache
 from .diagnostics import Diagnostic
-from .render import DEFAULT_INSTALL_DIR, RenderOptions, write_output
+from .output import write_output
+from .render import DEFAULT_INSTALL_DIR, RenderOptions
 from .verify import verify
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3

@@ -121,7 +121,8 @@ class Outcome:
 def run_one(args: Tuple[str, str]) -> Outcome:
     api, spec_id = args
     from gwc import pipeline
-    from gwc.render import RenderOptions, write_output
+    from gwc.output import write_output
+    from gwc.render import RenderOptions
     from gwc.runtime import detect
     from gwc.verify import verify
 

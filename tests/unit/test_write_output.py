@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gwc import render
+from gwc import output
 from gwc.diagnostics import Diagnostic
 from gwc.keys import add_consumer
 
@@ -64,10 +64,10 @@ def lua_view_of_keys(out):
 
 def test_second_write_over_a_running_output_with_check(tmp_path):
     out = tmp_path / "out"
-    assert render.write_output(files(1), out, nginx_t_like) == []
+    assert output.write_output(files(1), out, nginx_t_like) == []
     running_master_state(out)
     logs_inode = (out / "logs").stat().st_ino
-    assert render.write_output(files(2), out, nginx_t_like) == []
+    assert output.write_output(files(2), out, nginx_t_like) == []
     assert (out / "nginx.conf").read_bytes() == b"# nginx.conf 2\n"
     assert json.loads((out / "lua/gwc/data/routes.json").read_bytes()) == {"version": 2}
     assert (out / "conf.d/gateway.conf").read_bytes() == b"# conf.d 2\n"
@@ -75,14 +75,14 @@ def test_second_write_over_a_running_output_with_check(tmp_path):
     assert (out / "logs/nginx.pid").read_text() == "4242\n"
     assert (out / "logs/error.log").read_text() == "old error log\n"
     assert (out / "tmp/client_body/0000000001").read_bytes() == b"body in flight"
-    assert len(list((out / render.GENERATIONS).iterdir())) == 1, "older generations are removed"
+    assert len(list((out / output.GENERATIONS).iterdir())) == 1, "older generations are removed"
     assert not [p for p in tmp_path.iterdir() if p.name != "out"]
     assert not [p for p in out.iterdir() if p.name.endswith((".new", ".old"))]
 
 
 def test_failed_check_leaves_the_old_output_identical(tmp_path):
     out = tmp_path / "out"
-    render.write_output(files(1), out)
+    output.write_output(files(1), out)
     running_master_state(out)
     before = snapshot(out)
 
@@ -90,24 +90,24 @@ def test_failed_check_leaves_the_old_output_identical(tmp_path):
         nginx_t_like(staged)
         return [Diagnostic("GW060", "nginx -t failed")]
 
-    assert [d.code for d in render.write_output(files(2), out, refuse)] == ["GW060"]
+    assert [d.code for d in output.write_output(files(2), out, refuse)] == ["GW060"]
     assert snapshot(out) == before
     assert not [p for p in tmp_path.iterdir() if p.name != "out"]
 
 
 def test_failed_write_leaves_the_old_output_identical(tmp_path):
     out = tmp_path / "out"
-    render.write_output(files(1), out)
+    output.write_output(files(1), out)
     before = snapshot(out)
     clash = dict(files(2), **{"lua": b"a file where a directory must be"})
-    diags = render.write_output(clash, out)
+    diags = output.write_output(clash, out)
     assert [d.code for d in diags] == ["GW050"]
     assert snapshot(out) == before
 
 
 def test_first_write_that_fails_leaves_nothing(tmp_path):
     out = tmp_path / "out"
-    assert [d.code for d in render.write_output(files(1), out, lambda s: [Diagnostic("GW060", "no")])] == ["GW060"]
+    assert [d.code for d in output.write_output(files(1), out, lambda s: [Diagnostic("GW060", "no")])] == ["GW060"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -129,8 +129,8 @@ def test_first_write_over_an_output_of_an_older_gwc(tmp_path, monkeypatch, excha
     if exchange == "unavailable":
         def no_exchange(a, b):
             raise OSError(errno.EINVAL, "Invalid argument")
-        monkeypatch.setattr(render, "_exchange", no_exchange)
-    assert render.write_output(files(1), out, nginx_t_like) == []
+        monkeypatch.setattr(output, "_exchange", no_exchange)
+    assert output.write_output(files(1), out, nginx_t_like) == []
     for name in ("nginx.conf", "conf.d", "lua", "manifest.json"):
         assert (out / name).is_symlink()
     assert json.loads((out / "lua/gwc/data/routes.json").read_bytes()) == {"version": 1}
@@ -141,21 +141,21 @@ def test_first_write_over_an_output_of_an_older_gwc(tmp_path, monkeypatch, excha
 
 def test_keys_json_edited_in_the_deployed_output(tmp_path):
     out = tmp_path / "out"
-    render.write_output(files(1), out)
+    output.write_output(files(1), out)
     created, diags = add_consumer(out / "keys.json", "bob", "free", None)
     assert not diags and created is not None
     assert "bob" in lua_view_of_keys(out).decode(), "the gateway reads the operator's edit"
     # Documented: the next build writes keys.json from the spec's key file again.
-    render.write_output(files(2), out)
+    output.write_output(files(2), out)
     assert json.loads(lua_view_of_keys(out)) == {"consumers": {}, "version": 2}
-    render.write_output(files(3, keys=False), out)
+    output.write_output(files(3, keys=False), out)
     assert not (out / "keys.json").exists()
     assert not os.path.lexists(out / "current/keys.json")
 
 
 def test_no_path_is_ever_missing_while_generations_switch(tmp_path):
     out = tmp_path / "out"
-    render.write_output(files(0), out)
+    output.write_output(files(0), out)
     stop = threading.Event()
     seen = {"reads": 0, "missing": [], "versions": set()}
 
@@ -176,7 +176,7 @@ def test_no_path_is_ever_missing_while_generations_switch(tmp_path):
     thread.start()
     try:
         for version in range(1, 31):
-            assert render.write_output(files(version), out) == []
+            assert output.write_output(files(version), out) == []
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -186,5 +186,5 @@ def test_no_path_is_ever_missing_while_generations_switch(tmp_path):
 
 def test_refuses_a_directory_that_is_not_an_output(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    assert [d.code for d in render.write_output(files(1), tmp_path)] == ["GW050"]
+    assert [d.code for d in output.write_output(files(1), tmp_path)] == ["GW050"]
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
