@@ -7,6 +7,7 @@ for the answers nginx sends natively (404 and 405, the common ones).
 from __future__ import annotations
 
 import json
+import re
 from typing import Dict, Tuple
 
 TITLES: Dict[int, str] = {
@@ -113,13 +114,20 @@ def catalogue() -> dict:
     }
 
 
+# Allowed methods, and what selects one of several operations on a path and
+# method: names from a fixed character set (paths.fragment_items).
+_DETAIL_VARIABLES = {"$gw_allow", "$gw_expect"}
+_VARIABLE = re.compile(r"\$[a-z_]+")
+
+
 def native_body(status: int, detail: str) -> str:
     """The body of a problem nginx sends itself with `return`, as the text of a
     single-quoted nginx string. `instance` and `request_id` come from the
-    variables the router sets; detail may name $gw_allow."""
+    variables the router sets; detail may name the router's variables whose
+    values are safe inside a JSON string (_DETAIL_VARIABLES)."""
     static = json.dumps(TITLES[status])
     for text in (static, detail):
-        if any(c in text for c in "'\\") or ("$" in text and "$gw_allow" not in text):
+        if any(c in text for c in "'\\") or not set(_VARIABLE.findall(text)) <= _DETAIL_VARIABLES or "$" in _VARIABLE.sub("", text):
             raise ValueError(f"problem text not safe for an nginx string: {text!r}")
     return (
         '{"type":"about:blank","title":' + static + ',"status":' + str(status) + ',"detail":' + json.dumps(detail)

@@ -370,8 +370,8 @@ function _M.route()
         local both
         index, both = select_operation(sel)
         if not index then
-            -- gw:e400s names what the client must send through $gw_allow.
-            var.gw_allow = both and "only one of " .. sel.expects or sel.expects
+            -- gw:e400s names what the client must send.
+            var.gw_expect = both and "only one of " .. sel.expects or sel.expects
             var.gw_instance = instance()
             return "e400s"
         end
