@@ -56,6 +56,10 @@ CODES = {
     "GW080": "path key with a #fragment or ?query: routed by the path before it",
     "GW081": "same-shape path templates with different parameter names, routed per method",
     "GW082": "operations on one path and method that no header or query parameter tells apart",
+    "GW090": "invalid rate limit or quota (a rate of 0, a bad offset, duplicate names)",
+    "GW091": "fleet-scope limit without x-gateway.redis",
+    "GW092": "unknown usage plan or operation (default_plan, key file, plan operations)",
+    "GW093": "plan_claim on a scheme that is not JWT",
 }
 
 

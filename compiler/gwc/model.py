@@ -20,6 +20,7 @@ from .paths import PathTemplate, parse_template, substitute_ok
 from .resources import SCHEMA_BASE, schemas
 from .schema_defaults import level_schema, with_defaults
 from .security import NO_SECURITY, Access, Security, SecurityBuilder
+from .traffic import NO_TRAFFIC, RateLimit, Traffic, TrafficBuilder
 from .validation import aws_switches
 from .validate import HTTP_METHODS, gateway_locations
 
@@ -124,6 +125,7 @@ class Operation:
     # operations that share a path and method.
     selectors: Tuple[Tuple[str, str], ...] = ()
     body_media_types: Tuple[str, ...] = ()  # requestBody content keys, lower case
+    limits: Tuple[RateLimit, ...] = ()  # the effective `rate_limit` list
 
     @property
     def needs_validation(self) -> bool:
@@ -162,6 +164,7 @@ class Gateway:
     upstreams: Tuple[Upstream, ...]
     operations: Tuple[Operation, ...]
     security: Security = NO_SECURITY
+    traffic: Traffic = NO_TRAFFIC
     input_hashes: Tuple[Tuple[str, str], ...] = field(default=())
 
     def upstream(self, name: str) -> Upstream:
@@ -183,6 +186,8 @@ class _Builder:
         self.doc = doc
         self.diags: List[Diagnostic] = []
         self.security = SecurityBuilder(doc, self.diags)
+        self.traffic = TrafficBuilder(self.diags)
+        self.operation_ids: Dict[str, str] = {}  # every declared operation, built or not
         # Document-wide access settings, decided before the operations.
         self.root_requirements = None
         self.consumers = None
@@ -354,7 +359,7 @@ class _Builder:
         op_keys = _operation_keys()
         root_defaults = {k: v for k, v in root_gw.items() if k in op_keys}
         out: List[Operation] = []
-        seen_ids: Dict[str, str] = {}
+        seen_ids: Dict[str, str] = self.operation_ids
         for path_key in paths:
             if path_key.startswith("x-"):
                 continue  # a specification extension of the Paths object
@@ -407,6 +412,12 @@ class _Builder:
                 if aws is not None:  # AWS request validators can only turn validation off
                     validate["parameters"] = validate["parameters"] and aws[0]
                     validate["body"] = validate["body"] and aws[1]
+                limits: Tuple[RateLimit, ...] = ()
+                if "rate_limit" in merged:
+                    built = self.traffic.limits(merged["rate_limit"], *self._innermost("rate_limit", op, item, src, op_ptr))
+                    if built is None:
+                        continue
+                    limits = built
                 rewrite = merged.get("path")
                 if rewrite is not None:
                     missing = substitute_ok(rewrite, template.params)
@@ -425,6 +436,7 @@ class _Builder:
                         declares_body=isinstance(op.get("requestBody"), dict),
                         selectors=self.selectors(op, item, src),
                         body_media_types=self.body_media_types(op, src),
+                        limits=limits,
                     )
                 )
         return tuple(out)
@@ -601,6 +613,18 @@ def parse_server_url(raw: Any):
     return parts.scheme, Server(host, port, ipv6)
 
 
+def _consumer_plans(sec: SecurityBuilder, sec_consumers, gw: dict, root: SourceFile):
+    """The key file's (index, plan) pairs and a reporter located in that file, for the plan check."""
+    if "keys" not in gw or not gw.get("plans") or sec_consumers is None:
+        return None
+    side = sec.side_file(gw["keys"], root, "/x-gateway/keys")
+    entries = side.data.get("consumers") if side is not None and isinstance(side.data, dict) else None
+    if not isinstance(entries, list):
+        return None
+    pairs = [(i, e.get("plan")) for i, e in enumerate(entries) if isinstance(e, dict) and isinstance(e.get("plan"), str)]
+    return (lambda code, msg, ptr: sec.error(code, msg, side, ptr)), pairs
+
+
 def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[Optional[Gateway], List[Diagnostic]]:
     b = _Builder(doc)
     data = doc.data
@@ -631,7 +655,9 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
     tls = sec.tls(gw["tls"], root, "/x-gateway/tls", b.listen) if "tls" in gw else None
     b.mtls_ready = bool(tls and tls.client_ca)
     trusted = sec.cidrs(gw["trusted_proxies"], root, "/x-gateway/trusted_proxies") or ()
+    b.traffic.prepare(gw, root)
     operations = b.operations(gw, declared)
+    traffic = b.traffic.gateway(gw, root, set(b.operation_ids), _consumer_plans(sec, b.consumers, gw, root))
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
     routing = gw["routing"]
     ngx = gw["nginx"]
@@ -649,6 +675,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
         upstreams=tuple(upstreams),
         operations=operations,
         security=Security(tuple(sec.schemes[n] for n in sorted(sec.schemes)), b.consumers, trusted, tls),
+        traffic=traffic,
         input_hashes=tuple(doc.input_hashes().items()),
     )
     return gateway, b.diags

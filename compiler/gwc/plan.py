@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 from .diagnostics import Diagnostic
 from .model import Gateway, Operation, Upstream
 from .security import IpPolicy
+from .traffic import NATIVE_KEYS, RateLimit
 from .selection import Choice, choice_data, expects, route_diag, select
 from .paths import GREEDY, LITERAL, MIXED, PARAM, PathTemplate, lua_pattern, templates_overlap
 from .diagnostics import WARNING
@@ -34,6 +35,22 @@ class Location:
     max_body_size: Optional[str] = None
     ip_variable: Optional[str] = None  # the geo variable of the location's IP policy: "1" allows
     body_buffer_size: str = "1m"  # the effective body limit, so validated bodies stay in memory
+    native_limits: Tuple[RateLimit, ...] = ()  # enforced by nginx's limit_req
+    rate_headers: str = "none"  # the rate-limit response headers its operations send (ietf, legacy, both, none)
+
+    @property
+    def native_retry_after(self) -> int:
+        return max(limit.retry_after_s for limit in self.native_limits)
+
+
+@dataclass(frozen=True)
+class LimitZone:
+    """One limit_req_zone: a node-scope limit nginx enforces by itself."""
+
+    name: str
+    key: str
+    rate: str
+    size: str
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,17 @@ class Plan:
     routes: Tuple[Route, ...]
     ip_geos: Tuple[IpGeo, ...] = ()
     validators_lua: Optional[str] = None  # the generated request validators, when any
+    limit_zones: Tuple[LimitZone, ...] = ()
+
+    @property
+    def uses_lua_limits(self) -> bool:
+        """Whether any operation's limits or plans run in Lua (the gwc_limits shared dict)."""
+        return any(lua_limits(op, self.gateway) or plans_apply(op, self.gateway) for op in self.gateway.operations)
+
+    @property
+    def rate_headers(self) -> str:
+        """The header mode the error location emits: the gateway's own errors carry the limit headers too."""
+        return self.gateway.traffic.headers if self.uses_lua_limits else "none"
 
     def route_data(self) -> dict:
         """JSON-ready dispatch data consumed by lua/gwc/router.lua."""
@@ -146,7 +174,7 @@ class Plan:
         schemes = {s.name: _scheme_data(s) for s in self.gateway.security.schemes}
         operations = {}
         for op in self.gateway.operations:
-            if not (op.access.needs_lua or op.needs_validation):
+            if not needs_lua_access(op, self.gateway):
                 continue
             entry: dict = {}
             if op.access.requirements:
@@ -161,8 +189,35 @@ class Plan:
             if op.needs_validation:
                 entry["validate"] = True
                 entry["path_params"] = list(op.template.params)
+            limits = lua_limits(op, self.gateway)
+            if limits:
+                entry["limits"] = [limit.data() for limit in limits]
+            if plans_apply(op, self.gateway):
+                entry["plans"] = True
             operations[op.operation_id] = entry
-        return {"schemes": schemes, "operations": operations, "forward_headers": list(self.forwarded_headers)}
+        out = {"schemes": schemes, "operations": operations, "forward_headers": list(self.forwarded_headers)}
+        if self.uses_lua_limits:
+            out["traffic"] = self.gateway.traffic.data()
+        return out
+
+
+def lua_limits(op: Operation, gateway: Gateway) -> Tuple[RateLimit, ...]:
+    headers = gateway.traffic.headers
+    return tuple(limit for limit in op.limits if not limit.native(headers))
+
+
+def native_limits(op: Operation, gateway: Gateway) -> Tuple[RateLimit, ...]:
+    headers = gateway.traffic.headers
+    return tuple(limit for limit in op.limits if limit.native(headers))
+
+
+def plans_apply(op: Operation, gateway: Gateway) -> bool:
+    """Plans limit consumers, so they apply where an operation authenticates one."""
+    return gateway.traffic.has_plans and bool(op.access.requirements)
+
+
+def needs_lua_access(op: Operation, gateway: Gateway) -> bool:
+    return op.access.needs_lua or op.needs_validation or bool(lua_limits(op, gateway)) or plans_apply(op, gateway)
 
 
 def _scheme_data(s) -> dict:
@@ -318,16 +373,22 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
     locations: List[Location] = []
     index_of: Dict[tuple, str] = {}
     op_locs = []
+    zones: Dict[str, LimitZone] = {}
     for op in gateway.operations:
-        lua_access = op.access.needs_lua or op.needs_validation
+        lua_access = needs_lua_access(op, gateway)
         kind = "mock" if op.mock is not None else "proxy"
-        key = (kind, op.upstream if kind == "proxy" else None, lua_access, op.max_body_size, op.access.ip)
+        native = native_limits(op, gateway)
+        for limit in native:
+            zones.setdefault(limit.id, LimitZone(f"gwl_{limit.id}", NATIVE_KEYS[limit.key], limit.nginx_rate(), gateway.traffic.memory))
+        rate_headers = gateway.traffic.headers if (lua_limits(op, gateway) or plans_apply(op, gateway)) else "none"
+        key = (kind, op.upstream if kind == "proxy" else None, lua_access, op.max_body_size, op.access.ip, native, rate_headers)
         if key not in index_of:
             ident = str(len(locations) + 1)
             index_of[key] = ident
             up = gateway.upstream(op.upstream) if kind == "proxy" else None
             buffer = op.max_body_size or gateway.nginx.client_max_body_size
             ip_variable = geos[op.access.ip].variable if op.access.ip is not None else None
-            locations.append(Location(ident, kind, up, lua_access, op.max_body_size, ip_variable, buffer))
+            locations.append(Location(ident, kind, up, lua_access, op.max_body_size, ip_variable, buffer, native, rate_headers))
         op_locs.append(index_of[key])
-    return Plan(gateway, tuple(locations), tuple(op_locs), tuple(routes), tuple(geos.values())), diags
+    return Plan(gateway, tuple(locations), tuple(op_locs), tuple(routes), tuple(geos.values()),
+                limit_zones=tuple(zones[k] for k in sorted(zones))), diags

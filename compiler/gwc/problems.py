@@ -89,6 +89,18 @@ REASONS: Dict[str, str] = {
     "body_too_large": "The request body is larger than the operation accepts.",
     "body_malformed": "The request body is not well-formed.",
     "body_too_deep": "The request body nests too deeply.",
+    # Traffic (docs/traffic.md); Retry-After says when to try again.
+    "throttled": "The request rate exceeds the limit.",
+    "quota_exceeded": "The quota for this period is used up.",
+    "plan_unknown": "The consumer's usage plan is not offered by this API.",
+    "limit_unavailable": "The rate limiter is unavailable.",
+}
+
+# Problem types other than about:blank: refusals a client handles differently
+# (wait a second, or until the period ends).
+TYPES: Dict[str, str] = {
+    "throttled": "https://gwc.dev/problems/throttled",
+    "quota_exceeded": "https://gwc.dev/problems/quota-exceeded",
 }
 
 # nginx's internal codes for request-header and TLS client-certificate
@@ -110,6 +122,7 @@ def catalogue() -> dict:
         "titles": {str(k): v for k, v in TITLES.items()},
         "details": {str(k): v for k, v in DETAILS.items()},
         "reasons": REASONS,
+        "types": TYPES,
         "special": {str(k): list(v) for k, v in SPECIAL.items()},
     }
 

@@ -21,16 +21,17 @@ LEVELS = (
 )
 
 
-def _type_of(schema: dict) -> str:
+def _type_of(schema: dict, base: str = SCHEMA_BASE) -> str:
+    schema, base = _resolved(schema, base)
     if "enum" in schema:
         return " \\| ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
     if "const" in schema:
         return f"`{json.dumps(schema['const'])}`"
     if "oneOf" in schema:
-        return " or ".join(_type_of(s) for s in schema["oneOf"])
+        return " or ".join(_type_of(s, base) for s in schema["oneOf"])
     t = schema.get("type")
     if t == "array" and isinstance(schema.get("items"), dict):
-        return f"list of {_type_of(_resolved(schema['items'], SCHEMA_BASE)[0])}"
+        return f"list of {_type_of(schema['items'], base)}"
     if t == "object" and isinstance(schema.get("additionalProperties"), dict) and "properties" not in schema:
         return "map"
     if isinstance(t, list):
@@ -47,7 +48,7 @@ def _rows(schema: dict, base: str, prefix: str, depth: int = 0) -> List[Tuple[st
         sub_r, sub_base = _resolved(sub, base)
         name = f"{prefix}{key}"
         default = f"`{json.dumps(sub_r['default'])}`" if "default" in sub_r else ""
-        rows.append((name, _type_of(sub_r), default, sub_r.get("description", sub.get("description", ""))))
+        rows.append((name, _type_of(sub, base), default, sub_r.get("description", sub.get("description", ""))))
         if depth < 3 and "properties" in sub_r:
             rows.extend(_rows(sub_r, sub_base, name + ".", depth + 1))
         extra = sub_r.get("additionalProperties")

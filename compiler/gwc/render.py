@@ -206,13 +206,18 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
 
 
 def _secret_env(plan: Plan) -> List[str]:
-    return sorted({s.jwt.secret_env for s in plan.gateway.security.schemes if s.jwt is not None and s.jwt.secret_env})
+    names = {s.jwt.secret_env for s in plan.gateway.security.schemes if s.jwt is not None and s.jwt.secret_env}
+    redis = plan.gateway.traffic.redis
+    if redis is not None and redis.password_env and plan.uses_lua_limits:
+        names.add(redis.password_env)
+    return sorted(names)
 
 
 def _uses_tls_fetch(plan: Plan) -> bool:
     urls = [u for s in plan.gateway.security.schemes if s.jwt is not None for u in (s.jwt.jwks_uri, s.jwt.discovery) if u]
     urls += [op.access.authorizer.url for op in plan.gateway.operations if op.access.authorizer is not None]
-    return any(u.startswith("https:") for u in urls)
+    redis = plan.gateway.traffic.redis
+    return any(u.startswith("https:") for u in urls) or bool(redis and redis.tls and plan.uses_lua_limits)
 
 
 def manifest(plan: Plan, options: RenderOptions, files: Dict[str, bytes]) -> bytes:

@@ -56,6 +56,7 @@ class JwtSettings:
     refresh_s: int
     min_refetch_s: int  # refill interval of the refetch budget
     refetch_burst: int
+    plan_claim: Optional[str] = None  # the claim naming the consumer's usage plan
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,9 @@ class SecurityBuilder:
             self.declared[name] = str(scheme.get("type"))
             conf = with_defaults(scheme.get("x-gateway") if isinstance(scheme.get("x-gateway"), dict) else {}, {"$ref": "security.json"})
             built = self.scheme(name, scheme, conf, src, ptr, key_source)
+            if built is not None and built.jwt is None and "plan_claim" in conf:
+                self.error("GW093", f"security scheme {name!r}: plan_claim needs a JWT scheme (API keys take their plan from the key file)", src, ptr + "/x-gateway/plan_claim")
+                built = None
             if built is not None:
                 self.schemes[name] = built
 
@@ -313,6 +317,7 @@ class SecurityBuilder:
             refresh_s=max(duration_s(conf["jwks_refresh"]), 1),
             min_refetch_s=max(duration_s(conf["jwks_min_refetch"]), 1),
             refetch_burst=conf["jwks_refetch_burst"],
+            plan_claim=conf.get("plan_claim"),
         )
         return SecurityScheme(name, "jwt", token, conf["hide_credentials"], jwt=settings)
 

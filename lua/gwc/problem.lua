@@ -17,7 +17,7 @@ local type = type
 local _M = { _VERSION = "0.1.0" }
 
 -- Filled from lua/gwc/data/problems.json (compiler/gwc/problems.py) at init.
-local TITLES, DETAILS, REASONS, SPECIAL = {}, {}, {}, {}
+local TITLES, DETAILS, REASONS, SPECIAL, TYPES = {}, {}, {}, {}, {}
 
 local function by_status(map)
     local out = {}
@@ -35,6 +35,7 @@ function _M.load(data)
     DETAILS = by_status(data.details)
     REASONS = data.reasons or {}
     SPECIAL = by_status(data.special)
+    TYPES = data.types or {}
     return true
 end
 
@@ -44,9 +45,10 @@ local function request_path()
     return query and sub(raw, 1, query - 1) or raw
 end
 
-local function body_of(status, detail, extra)
+local function body_of(status, detail, extra, reason)
     -- Assembled by hand for a stable member order; cjson escapes "/" needlessly.
-    local parts = '{"type":"about:blank","title":' .. encode(TITLES[status] or "Error")
+    local parts = '{"type":' .. encode(reason and TYPES[reason] or "about:blank")
+        .. ',"title":' .. encode(TITLES[status] or "Error")
         .. ',"status":' .. status
         .. ',"detail":' .. encode(detail or "")
         .. ',"instance":' .. encode(request_path())
@@ -95,8 +97,19 @@ function _M.respond(status)
         reason = "mtls_unverified"
         var.gw_problem = reason
     end
+    if (not reason or reason == "") and status == 429 then
+        -- nginx's own limit_req refused it; the location says how long one token takes.
+        reason = "throttled"
+        var.gw_problem = reason
+        local wait = var.gw_retry_after
+        if wait and wait ~= "" then
+            header["Retry-After"] = wait
+        end
+    end
     if reason and reason ~= "" then
         detail = REASONS[reason]
+    else
+        reason = nil
     end
     detail = detail or DETAILS[status]
     if status == 405 then
@@ -110,7 +123,7 @@ function _M.respond(status)
             detail = "Allowed methods: " .. allow .. "."
         end
     end
-    emit(status, body_of(status, detail))
+    emit(status, body_of(status, detail, nil, reason))
 end
 
 -- A rejection decided in Lua (auth, validation), sent from the current phase.
@@ -127,7 +140,7 @@ function _M.send(status, reason, extra, headers)
             header[name] = value
         end
     end
-    emit(status, body_of(status, reason and REASONS[reason] or DETAILS[status], extra))
+    emit(status, body_of(status, reason and REASONS[reason] or DETAILS[status], extra, reason))
 end
 
 return _M
