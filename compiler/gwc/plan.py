@@ -231,7 +231,7 @@ def _scheme_data(s) -> dict:
             required_claims=list(j.required_claims), forward_claims=[list(p) for p in j.forward_claims],
             cache_size=j.cache_size, max_token_size=j.max_token_size, jwks=j.jwks, jwks_uri=j.jwks_uri,
             discovery=j.discovery, secret_env=j.secret_env, refresh=j.refresh_s, min_refetch=j.min_refetch_s,
-            refetch_burst=j.refetch_burst,
+            refetch_burst=j.refetch_burst, plan_claim=j.plan_claim,
         )
     if s.kind == "basic":
         out.update(realm=s.realm, users=dict(s.users))

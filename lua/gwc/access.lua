@@ -1,7 +1,9 @@
 -- The access phase of operations with a policy: authentication, then the
--- external authorizer, then request validation. Only run() ends a request.
+-- external authorizer, then rate limits and quotas, then request validation.
+-- Only run() ends a request.
 local auth = require "gwc.auth"
 local authorizer = require "gwc.authorizer"
+local limits = require "gwc.limits"
 local problem = require "gwc.problem"
 local router = require "gwc.router"
 
@@ -10,6 +12,7 @@ local var = ngx.var
 local exit = ngx.exit
 local req_clear_header = ngx.req.clear_header
 local req_set_header = ngx.req.set_header
+local ipairs = ipairs
 local pairs = pairs
 local type = type
 
@@ -20,6 +23,34 @@ local policies = {}
 local forwarded = {}
 local validation -- gwc.validation, when the build generated validators
 
+-- The Redis client fleet-scope limits share; its password comes from the
+-- master's environment (`env NAME;` in nginx.conf), never from the output.
+local function redis_client(conf)
+    local password
+    if conf.password_env then
+        password = os.getenv(conf.password_env)
+        if not password or password == "" then
+            return nil, "redis: environment variable " .. conf.password_env .. " is not set (nginx.conf needs `env "
+                .. conf.password_env .. ";`)"
+        end
+    end
+    return require("gwc.redis").new({
+        url = conf.url, cluster = conf.cluster, password = password, timeout = conf.timeout, pool = conf.pool,
+        ssl_verify = conf.ssl_verify, name = "limits",
+    })
+end
+
+local function uses_claims(data)
+    for _, entry in pairs(data.operations) do
+        for _, limit in ipairs(type(entry.limits) == "table" and entry.limits or {}) do
+            if limit.key == "claim" then
+                return true
+            end
+        end
+    end
+    return false
+end
+
 -- data is access.json; runs in init_by_lua (the master), after auth.load.
 function _M.load(data, validator_runtime)
     if type(data) ~= "table" or type(data.operations) ~= "table" then
@@ -29,6 +60,21 @@ function _M.load(data, validator_runtime)
     if not ok then
         return nil, err
     end
+    local traffic = data.traffic
+    if traffic ~= nil then
+        local client
+        if type(traffic) == "table" and type(traffic.redis) == "table" then
+            client, err = redis_client(traffic.redis)
+            if not client then
+                return nil, err
+            end
+        end
+        ok, err = limits.configure(traffic, client)
+        if not ok then
+            return nil, "traffic: " .. err
+        end
+    end
+    auth.keep_claims(uses_claims(data))
     local out = {}
     for op_id, entry in pairs(data.operations) do
         local policy = {
@@ -39,6 +85,15 @@ function _M.load(data, validator_runtime)
         if type(entry.requirements) == "table" and entry.requirements[1] then
             policy.auth, err = auth.compile(entry.requirements)
             if not policy.auth then
+                return nil, "operation " .. op_id .. ": " .. err
+            end
+        end
+        if entry.limits ~= nil or entry.plans then
+            if traffic == nil then
+                return nil, "operation " .. op_id .. ": limits without traffic settings"
+            end
+            policy.limits, err = limits.compile(op_id, entry)
+            if err then
                 return nil, "operation " .. op_id .. ": " .. err
             end
         end
@@ -91,6 +146,14 @@ function _M.run()
         end
         for name, value in pairs(headers) do
             req_set_header(name, value)
+        end
+    end
+    local limit = policy.limits
+    if limit then
+        local status, reason, headers = limits.check(limit, auth.claims())
+        if status then
+            problem.send(status, reason, nil, headers)
+            return exit(status)
         end
     end
     if policy.validate and validation then

@@ -47,6 +47,7 @@ local MISSING = {
 }
 
 local schemes = {}
+local keep_claims = false
 
 -- Token sources ------------------------------------------------------------
 
@@ -247,7 +248,16 @@ local function new_jwt(name, conf)
         end
         return claims
     end
+    local plan_claim = conf.plan_claim
     function scheme.apply(claims)
+        if plan_claim then
+            -- gwc.limits resolves it: an undeclared plan gets default_plan or a 403.
+            local plan = claims[plan_claim]
+            var.gw_plan = type(plan) == "string" and plan or ""
+        end
+        if keep_claims then
+            ngx.ctx.gwc_claims = claims
+        end
         for i = 1, #forward do
             local value = header_value(claims[forward[i].claim])
             if value then
@@ -368,6 +378,16 @@ end
 -- Loading ---------------------------------------------------------------------
 
 -- data is access.json's "schemes"; runs in init_by_lua (the master).
+-- Limits keyed by a claim read the verified claims after authentication;
+-- only then does a request pay for ngx.ctx.
+function _M.keep_claims(on)
+    keep_claims = on == true
+end
+
+function _M.claims()
+    return keep_claims and ngx.ctx.gwc_claims or nil
+end
+
 function _M.load(data)
     local out = {}
     for name, conf in pairs(data or {}) do
