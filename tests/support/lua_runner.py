@@ -34,6 +34,7 @@ http {{
     lua_shared_dict gwc_test 1m;
     lua_socket_log_errors off;  # as in the generated http.conf
 {shared_dicts}
+{http_directives}
     client_max_body_size 64m;
     client_body_buffer_size 64m;
     resolver 127.0.0.1 ipv6=off;
@@ -83,7 +84,9 @@ class LuaError(AssertionError):
 class LuaRunner:
     """One nginx; `run(code)` executes a Lua chunk and returns what it returns."""
 
-    def __init__(self, extra_lua_dirs: Optional[List[Path]] = None, shared_dicts: Optional[dict] = None):
+    def __init__(self, extra_lua_dirs: Optional[List[Path]] = None, shared_dicts: Optional[dict] = None,
+                 http_directives: Optional[List[str]] = None):
+        """http_directives: extra lines for the http block (e.g. lua_ssl_trusted_certificate for TLS clients)."""
         from gwc.render import NGINX_LUA_MODULES  # the same module list the gateway loads
 
         self.prefix = Path(tempfile.mkdtemp(prefix="gwc-lua-"))
@@ -95,7 +98,8 @@ class LuaRunner:
         modules = "\n".join(f"load_module {m};" for m in NGINX_LUA_MODULES if Path(m).exists())
         dicts = "\n".join(f"    lua_shared_dict {name} {size};" for name, size in (shared_dicts or {}).items())
         (self.prefix / "nginx.conf").write_text(
-            _CONF.format(load_modules=modules, lua_path=lua_path, port=self.port, shared_dicts=dicts)
+            _CONF.format(load_modules=modules, lua_path=lua_path, port=self.port, shared_dicts=dicts,
+                         http_directives="\n".join(f"    {d}" for d in (http_directives or [])))
         )
         self.nginx = Nginx(self.prefix)
         self.session = requests.Session()
