@@ -8,10 +8,12 @@ import datetime as dt
 import hashlib
 import json
 import random
+import time
 
 import pytest
 
 from support.lua_runner import LuaRunner
+from support.redis_servers import RedisCluster, RedisServer
 
 T0_MS = 1_796_190_000_000  # 2026-12-02 05:40 UTC, a Wednesday
 
@@ -68,7 +70,16 @@ function fake:eval(script, keys, args)
     return out
 end
 local traffic = cjson.decode([==[%(traffic)s]==])
-local ok, err = limits.configure(traffic, traffic.redis and fake or nil)
+local client = traffic.redis and fake or nil
+if traffic.redis and traffic.redis.real then
+    -- The real fleet path: gwc.redis against the test's redis-server, on the real clock.
+    local rerr
+    client, rerr = require("gwc.redis").new({ url = traffic.redis.url, cluster = traffic.redis.cluster,
+                                              timeout = 200, breaker = 0.2, name = "limits-test" })
+    if not client then error("redis.new: " .. tostring(rerr)) end
+    limits._set_clock(nil)
+end
+local ok, err = limits.configure(traffic, client)
 if not ok then error("configure: " .. tostring(err)) end
 local function step(op, entry)
     local s, e = limits.compile(op, cjson.decode(entry))
@@ -582,3 +593,110 @@ def test_node_quota_with_fleet_rates(lua):
     result, calls, used = out
     assert result["status"] == 0 and used == 1
     assert len(calls) == 1 and len(calls[0]["keys"]) == 1
+
+
+# --- the fleet path through gwc.redis and a real redis-server -------------------------------------------------------
+
+def real_traffic(on_error="allow", url=None, cluster=None):
+    traffic = fleet_traffic(on_error=on_error, cluster=bool(cluster))
+    traffic["redis"]["real"] = True
+    if cluster:
+        traffic["redis"]["cluster"] = cluster
+    else:
+        traffic["redis"]["url"] = url
+    traffic["plans"]["free"]["rate"] = limit("free-rate", key="consumer", n=1, per_s=60, burst=3, scope="fleet")
+    return traffic
+
+
+def current_day_start():
+    now = int(time.time())
+    return now - now % 86400
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    with RedisServer() as srv:
+        yield srv
+
+
+def test_fleet_standalone_through_the_client(lua, redis_server):
+    redis_server.call("FLUSHALL")
+    traffic = real_traffic(url=redis_server.url)
+    out = run(lua, """
+        local s = step("getPet", [==[%s]==])
+        V.gw_consumer = "alice"; V.gw_plan = "free"
+        local out = {}
+        for i = 1, 5 do out[i] = check(s) end
+        return out
+    """ % entry([], plans=True), traffic=traffic)
+    assert [o["status"] for o in out] == [0, 0, 0, 429, 429]
+    assert [o["gw_limit_remaining"] for o in out[:3]] == [2, 1, 0]
+    assert out[0]["gw_limit"] == "free"
+    assert out[3]["reason"] == "throttled" and 1 <= out[3]["retry"] <= 60
+    rate_id = traffic["plans"]["free"]["rate"]["id"]
+    day = current_day_start()
+    assert redis_server.call("EXISTS", f"gwc:{{c:alice}}:r:{rate_id}") == 1
+    fields = redis_server.call("HGETALL", f"gwc:{{c:alice}}:q:free:{day}")
+    # Only the three allowed requests count against the quota: the refused ones were charged nowhere.
+    assert dict(zip(fields[::2], fields[1::2])) == {"used": "3", "limit": "1000", "reset": str(day + 86400)}
+
+
+@pytest.mark.parametrize("on_error", ["allow", "deny"])
+def test_fleet_on_error_with_the_server_stopped(lua, on_error):
+    node_ip = limit("per-ip", n=100, per_s=1, burst=100)
+    with RedisServer() as srv:
+        traffic = real_traffic(on_error=on_error, url=srv.url)
+        body = """
+            local s = step("getPet", [==[%s]==])
+            V.gw_consumer = "bob"; V.gw_plan = "free"
+            local r = check(s)
+            return { r, (dict:get("r:%s:ip:10.0.0.1") or 0) - ngx.now() * 1000 }
+        """ % (entry([node_ip], plans=True), node_ip["id"])
+        first, _ = run(lua, body, traffic=traffic)
+        assert first["status"] == 0 and first["gw_limit"] == "free"
+        srv.stop()
+        stopped, tat = run(lua, body, traffic=traffic)
+        if on_error == "allow":
+            assert stopped["status"] == 0 and stopped["gw_limit"] == "per-ip"  # node limits only
+            assert 0 < tat <= 10  # charged: TAT = now + 10 ms
+        else:
+            assert (stopped["status"], stopped["reason"], stopped["retry"]) == (503, "limit_unavailable", 1)
+            assert -1000 < tat <= 0  # the node charge was taken back: an idle bucket again (TAT = then)
+        srv.start()
+        deadline = time.monotonic() + 10
+        while True:  # the client's breaker lets a probe through within its 0.2 s
+            again, _ = run(lua, body, traffic=traffic)
+            if again["gw_limit"] == "free" or time.monotonic() > deadline:
+                break
+        assert again["status"] == 0 and again["gw_limit"] == "free"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with RedisCluster() as c:
+        yield c
+
+
+def test_fleet_cluster_groups_and_undo(lua, cluster):
+    by_ip = limit("fleet-ip", key="ip", n=1, per_s=60, burst=100, scope="fleet")  # T = 60 s, room for 100
+    traffic = real_traffic(cluster=cluster.seeds)
+    ip_key = f"gwc:{{ip:10.0.0.1}}:r:{by_ip['id']}"
+    body = """
+        local s = step("getPet", [==[%s]==])
+        V.gw_consumer = "carol"; V.gw_plan = "free"
+        local out = {}
+        for i = 1, 4 do out[i] = check(s) end
+        return out
+    """ % entry([by_ip], plans=True)
+    out = run(lua, body, traffic=traffic)
+    assert [o["status"] for o in out] == [0, 0, 0, 429]
+    assert out[3]["gw_limit"] == "free"
+    rate_id = traffic["plans"]["free"]["rate"]["id"]
+    consumer_key = f"gwc:{{c:carol}}:r:{rate_id}"
+    ip_tat = float(cluster.call_for_key(ip_key, "GET", ip_key))
+    used = cluster.call_for_key(consumer_key, "HGET", f"gwc:{{c:carol}}:q:free:{current_day_start()}", "used")
+    assert used == "3"
+    # The refused fourth request charged the ip group first, then took it back: three charges of 60 s on an
+    # idle bucket remain (four would put the TAT 240 s ahead).
+    ahead_s = (ip_tat - time.time() * 1000) / 1000
+    assert 170 < ahead_s <= 180
