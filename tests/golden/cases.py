@@ -19,6 +19,8 @@ CASES: Dict[str, Path] = {
     "petstore": REPO_ROOT / "examples" / "petstore" / "api.yaml",
     "upstream-options": GOLDEN_DIR / "upstream-options" / "api.yaml",
     "access-policy": GOLDEN_DIR / "access-policy" / "api.yaml",
+    "traffic": GOLDEN_DIR / "traffic" / "api.yaml",
+    "traffic-native": GOLDEN_DIR / "traffic-native" / "api.yaml",
 }
 
 

@@ -27,6 +27,8 @@ ALLOWED = {
     "lua_ssl_trusted_certificate", "lua_ssl_verify_depth", "resolver", "set_real_ip_from", "real_ip_header",
     "real_ip_recursive", "ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_session_cache",
     "ssl_client_certificate", "ssl_verify_client", "ssl_verify_depth", "ssl_crl",
+    # traffic
+    "limit_req_zone", "limit_req", "limit_req_status", "limit_req_log_level",
 }
 
 
