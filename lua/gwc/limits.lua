@@ -394,33 +394,38 @@ function _M.compile(op_id, op_entry)
     }
 end
 
--- The node-scope key of a limit for this request. Absent consumers, claims
--- and headers count by client IP (Kong's fallback), so leaving them out
--- escapes nothing; each source has its own tag, so no value of one can
--- collide with another's.
-local function node_key(lim, addr, consumer, claims)
-    local fixed = lim.node_key
-    if fixed then
-        return fixed
-    end
+-- What a limit counts by for this request, as a tag prefix and a value.
+-- Absent consumers, claims and headers give no value: the caller counts by
+-- client IP instead (Kong's fallback), so leaving them out escapes nothing.
+-- Each source has its own prefix, so no value of one collides with another's.
+local function key_source(lim, consumer, claims)
     local kind = lim.kind
-    if kind == KIND_CONSUMER then
+    if kind == KIND_CONSUMER or lim.quota then
         if consumer then
-            return lim.node_prefix .. "c:" .. consumer
+            return "c:", consumer
         end
     elseif kind == KIND_HEADER then
         local value = var[lim.header_var]
         if value and value ~= "" then
-            return lim.node_prefix .. "h:" .. value
+            return "h:", value
         end
     elseif kind == KIND_CLAIM then
         local value = claims and claims[lim.claim]
         local vtype = type(value)
         if (vtype == "string" and value ~= "") or vtype == "number" then
-            return lim.node_prefix .. "cl:" .. value
+            return "cl:", value
         end
     end
-    return lim.node_prefix .. "ip:" .. addr
+    return "ip:", nil
+end
+
+local function node_key(lim, addr, consumer, claims)
+    local fixed = lim.node_key
+    if fixed then
+        return fixed
+    end
+    local tag, value = key_source(lim, consumer, claims)
+    return lim.node_prefix .. tag .. (value or addr)
 end
 
 -- The Redis hash tag (Cluster slot) of a limit for this request: a consumer's
@@ -431,24 +436,13 @@ local function fleet_tag(lim, addr, consumer, claims)
     if fixed then
         return fixed
     end
-    local kind = lim.kind
-    if kind == KIND_CONSUMER or lim.quota then
-        if consumer then
-            return "c:" .. consumer
-        end
-    elseif kind == KIND_HEADER then
-        local value = var[lim.header_var]
-        if value and value ~= "" then
-            return "h:" .. md5(value)
-        end
-    elseif kind == KIND_CLAIM then
-        local value = claims and claims[lim.claim]
-        local vtype = type(value)
-        if (vtype == "string" and value ~= "") or vtype == "number" then
-            return "cl:" .. md5(tostring(value))
-        end
+    local tag, value = key_source(lim, consumer, claims)
+    if not value then
+        return "ip:" .. addr
+    elseif tag == "c:" then
+        return "c:" .. value
     end
-    return "ip:" .. addr
+    return tag .. md5(tostring(value))
 end
 
 local function quota_node_key(quota, addr, consumer)
@@ -521,6 +515,17 @@ end
 
 -- The fleet limits of a request, grouped by hash tag (all in one group on
 -- a standalone Redis, where one script may touch any key).
+local function group_for(groups, by_tag, tag)
+    local key = standalone and "" or tag
+    local group = by_tag[key]
+    if not group then
+        group = { rates = {}, keys = {}, args = { "c", 0 } }
+        by_tag[key] = group
+        groups[#groups + 1] = group
+    end
+    return group
+end
+
 local function fleet_groups(entry, addr, consumer, claims)
     local groups, by_tag = {}, {}
     local fleet = entry.fleet
@@ -528,20 +533,10 @@ local function fleet_groups(entry, addr, consumer, claims)
     if quota and not quota.fleet then
         quota = nil
     end
-    local function group_for(tag)
-        local key = standalone and "" or tag
-        local group = by_tag[key]
-        if not group then
-            group = { rates = {}, keys = {}, args = { "c", 0 } }
-            by_tag[key] = group
-            groups[#groups + 1] = group
-        end
-        return group
-    end
     for i = 1, #fleet do
         local lim = fleet[i]
         local tag = fleet_tag(lim, addr, consumer, claims)
-        local group = group_for(tag)
+        local group = group_for(groups, by_tag, tag)
         local n = #group.rates + 1
         group.rates[n] = lim
         group.keys[n] = redis_open .. tag .. lim.redis_suffix
@@ -552,7 +547,7 @@ local function fleet_groups(entry, addr, consumer, claims)
     end
     if quota then
         local tag = fleet_tag(quota, addr, consumer, claims)
-        local group = group_for(tag)
+        local group = group_for(groups, by_tag, tag)
         group.keys[#group.rates + 1] = redis_open .. tag .. quota.redis_suffix
         group.quota = quota
         local args = group.args
