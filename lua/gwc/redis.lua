@@ -114,6 +114,7 @@ local function encode_eval(verb, body, keys, args)
     return concat(buf, "", 1, n)
 end
 
+local NO_KEYS = {}
 local ASKING = encode_command({ "ASKING" })
 local CLUSTER_SLOTS = encode_command({ "CLUSTER", "SLOTS" })
 
@@ -245,6 +246,7 @@ local function node_for(self, host, port)
     end
     node = {
         host = host, port = port, addr = addr,
+        breaker_err = "breaker open for " .. addr,
         -- The pool is per (address, credentials, db, TLS settings): a pooled
         -- connection has already authenticated and selected the database.
         connect_opts = {
@@ -283,6 +285,40 @@ local function unavailable(self, node, err, fast)
     return nil, err
 end
 
+-- TLS, then AUTH and SELECT, on a new connection. AUTH/SELECT get their own
+-- round trip rather than riding in the command's write: had they been refused,
+-- the command would already have run as the default user or in database 0.
+local function handshake(self, sock, node)
+    if self.tls then
+        -- false: no session object back. (With nil, ngx_lua 0.10.23's
+        -- resty.core asserts, i.e. throws, on some failed verifications;
+        -- with false such a failure can come back as true on a closed
+        -- socket, which the next send then reports.)
+        local ok, err = sock:sslhandshake(false, self.server_name or node.host, self.ssl_verify)
+        if not ok then
+            return nil, "TLS handshake with " .. node.addr .. ": " .. tostring(err)
+        end
+    end
+    local hello = self.hello
+    if not hello then
+        return true
+    end
+    local ok, err = sock:send(hello)
+    if not ok then
+        return nil, "send to " .. node.addr .. ": " .. tostring(err)
+    end
+    for _ = 1, self.hello_replies do
+        local res, broken
+        res, err, broken = read_reply(sock)
+        if res == nil then
+            -- A refused AUTH or SELECT makes the server unusable for us,
+            -- like an outage: breaker, throttled log, "redis unavailable".
+            return nil, (broken and "reading from " or "handshake refused by ") .. node.addr .. ": " .. tostring(err)
+        end
+    end
+    return true
+end
+
 -- One request on one (pooled) connection. Returns res, err, broken, fast:
 -- broken says the transport failed (the caller opens the breaker), fast that
 -- the breaker was open and nothing was sent.
@@ -290,7 +326,7 @@ local function exchange(self, node, req, asking)
     if node.failed then
         local now = ngx_now()
         if now < node.down_until then
-            return nil, "breaker open for " .. node.addr, true, true
+            return nil, node.breaker_err, true, true
         end
         -- This call is the probe; the others fail fast until it answers.
         node.down_until = now + self.breaker
@@ -302,24 +338,12 @@ local function exchange(self, node, req, asking)
     if not ok then
         return nil, "connect to " .. node.addr .. ": " .. tostring(err), true
     end
-    local hello_replies = 0
     if sock:getreusedtimes() == 0 then
         self.connects = self.connects + 1
-        if self.tls then
-            -- false: no session object back. (With nil, ngx_lua 0.10.23's
-            -- resty.core asserts, i.e. throws, on some failed verifications;
-            -- with false such a failure can come back as true on a closed
-            -- socket, which the send below then reports.)
-            ok, err = sock:sslhandshake(false, self.server_name or node.host, self.ssl_verify)
-            if not ok then
-                sock:close()
-                return nil, "TLS handshake with " .. node.addr .. ": " .. tostring(err), true
-            end
-        end
-        if self.hello then
-            hello_replies = self.hello_replies
-            -- AUTH and SELECT ride in the same write as the command.
-            req = self.hello .. req
+        ok, err = handshake(self, sock, node)
+        if not ok then
+            sock:close()
+            return nil, err, true
         end
     end
     if asking then
@@ -331,15 +355,6 @@ local function exchange(self, node, req, asking)
         return nil, "send to " .. node.addr .. ": " .. tostring(err), true
     end
     local res, broken
-    for _ = 1, hello_replies do
-        res, err, broken = read_reply(sock)
-        if res == nil then
-            sock:close()
-            -- A refused AUTH or SELECT makes the server unusable for us,
-            -- like an outage: breaker, throttled log, "redis unavailable".
-            return nil, (broken and "reading from " or "handshake refused by ") .. node.addr .. ": " .. tostring(err), true
-        end
-    end
     if asking then
         res, err, broken = read_reply(sock)
         if broken then
@@ -579,12 +594,19 @@ end
 -- args: { "GET", "k" }. routing_key: the key whose slot picks the Cluster node
 -- (ignored on one server; without it a Cluster call goes to any master).
 function _M.command(self, args, routing_key)
+    if type(args) ~= "table" or #args == 0 then
+        return nil, "redis command: args must be a non-empty list"
+    end
     return dispatch(self, encode_command(args), routing_key)
 end
 
 -- EVALSHA, then EVAL only when the server lacks the script (EVAL also caches
 -- it there). In a Cluster every key must hash to the slot of keys[1].
 function _M.eval(self, script, keys, args)
+    if type(script) ~= "table" or not script.sha then
+        return nil, "redis eval: script must come from redis.script()"
+    end
+    keys = keys or NO_KEYS
     local routing_key = keys[1]
     local res, err = dispatch(self, encode_eval("EVALSHA", script.sha, keys, args), routing_key)
     if res == nil and err and find(err, "NOSCRIPT", 1, true) == 1 then

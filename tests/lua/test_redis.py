@@ -466,24 +466,27 @@ def test_cluster_ask_then_moved_during_a_migration(lua, cluster):
 
 
 def test_cluster_slot_moved_while_calls_run(lua, cluster):
-    key = "busy:{b7}"
+    key, stop = "busy:{b7}", "busy:stop"
     slot = key_slot(key)
     cluster.call_for_key(key, "DEL", key)
+    cluster.call_for_key(stop, "DEL", stop)
     result = {}
 
     def loop():
         try:
+            # Runs until the test has finished the migration (the stop key), so the move happens mid-loop.
             result["got"] = run(lua, """
                 local c = assert(redis.new{ cluster = P.seeds })
                 local out, errs = {}, {}
-                for i = 1, P.n do
+                for i = 1, 5000 do
                     local res, err = c:command({ "INCR", P.key }, P.key)
                     out[i] = res or false
                     if err then errs[#errs + 1] = err end
-                    ngx.sleep(0.005)
+                    if c:command({ "EXISTS", P.stop }, P.stop) == 1 then break end
+                    ngx.sleep(0.002)
                 end
                 return { out = out, errs = table.concat(errs, "; "), stats = c:stats() }
-            """, seeds=cluster.seeds, key=key, n=300)
+            """, seeds=cluster.seeds, key=key, stop=stop)
         except Exception as e:  # reported by the assertion below
             result["error"] = e
 
@@ -499,14 +502,17 @@ def test_cluster_slot_moved_while_calls_run(lua, cluster):
         migration.migrate_keys()
         time.sleep(0.1)
         migration.finish()
+        time.sleep(0.1)
     finally:
+        cluster.call_for_key(stop, "SET", stop, "1")
         thread.join(timeout=60)
     assert "error" not in result, result.get("error")
     got = result["got"]
     assert got["errs"] == ""
-    assert got["out"] == list(range(1, 301))
-    assert got["stats"]["redirects"] > 0
-    assert target.call("GET", key) == "300"
+    n = len(got["out"])
+    assert n < 5000 and got["out"] == list(range(1, n + 1))
+    assert got["stats"]["asks"] > 0 and got["stats"]["moved"] > 0
+    assert target.call("GET", key) == str(n)
 
 
 def test_cluster_moved_range_and_background_refresh(lua, cluster):
