@@ -60,6 +60,7 @@ CODES = {
     "GW091": "fleet-scope limit without x-gateway.redis",
     "GW092": "unknown usage plan or operation (default_plan, key file, plan operations)",
     "GW093": "plan_claim on a scheme that is not JWT",
+    "GW094": "invalid status listener (bad address, a public port, or off loopback without allow)",
 }
 
 

@@ -20,6 +20,7 @@ from .paths import PathTemplate, parse_template, substitute_ok
 from .resources import SCHEMA_BASE, schemas
 from .schema_defaults import level_schema, with_defaults
 from .security import NO_SECURITY, Access, Security, SecurityBuilder
+from .status import StatusListener, build as build_status
 from .traffic import NO_TRAFFIC, RateLimit, Traffic, TrafficBuilder
 from .validation import aws_switches
 from .validate import HTTP_METHODS, gateway_locations
@@ -165,6 +166,7 @@ class Gateway:
     operations: Tuple[Operation, ...]
     security: Security = NO_SECURITY
     traffic: Traffic = NO_TRAFFIC
+    status: Optional[StatusListener] = None  # x-gateway.status
     input_hashes: Tuple[Tuple[str, str], ...] = field(default=())
 
     def upstream(self, name: str) -> Upstream:
@@ -676,6 +678,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
         operations=operations,
         security=Security(tuple(sec.schemes[n] for n in sorted(sec.schemes)), b.consumers, trusted, tls),
         traffic=traffic,
+        status=build_status(raw_gw.get("status"), root, b.diags, listen + (tls.listen if tls else ()), parse_listen, sec.cidrs),
         input_hashes=tuple(doc.input_hashes().items()),
     )
     return gateway, b.diags
