@@ -30,6 +30,7 @@ local tonumber = tonumber
 local tostring = tostring
 local type = type
 local ipairs = ipairs
+local pairs = pairs
 local setmetatable = setmetatable
 
 local key_slot = cluster.key_slot
@@ -290,13 +291,17 @@ end
 -- the command would already have run as the default user or in database 0.
 local function handshake(self, sock, node)
     if self.tls then
-        -- false: no session object back. (With nil, ngx_lua 0.10.23's
-        -- resty.core asserts, i.e. throws, on some failed verifications;
-        -- with false such a failure can come back as true on a closed
-        -- socket, which the next send then reports.)
+        -- false: no session object back. When the handshake completes
+        -- without yielding, ngx_lua 0.10.23 checks the certificate only
+        -- afterwards: with nil, resty.core then asserts (throws); with false
+        -- it returns true on a socket it has already closed, which
+        -- getreusedtimes() reveals.
         local ok, err = sock:sslhandshake(false, self.server_name or node.host, self.ssl_verify)
         if not ok then
             return nil, "TLS handshake with " .. node.addr .. ": " .. tostring(err)
+        end
+        if not sock:getreusedtimes() then
+            return nil, "TLS handshake with " .. node.addr .. ": refused after the handshake (certificate verification)"
         end
     end
     local hello = self.hello
@@ -383,29 +388,44 @@ end
 ---------------------------------------------------------------------------
 -- Cluster slot map
 
+local function slots_from(self, node)
+    local res, err, broken, fast = exchange(self, node, CLUSTER_SLOTS)
+    if broken then
+        unavailable(self, node, err, fast)
+        return nil, err
+    elseif res == nil then
+        return nil, err
+    end
+    local map, any = cluster.build_map(res, node.host, node_for, self)
+    if not map then
+        return nil, any
+    end
+    self.slots = map
+    self.any_node = any
+    self.refreshes = self.refreshes + 1
+    return true
+end
+
+-- The seeds first, then every node learnt since: after a failover the seeds
+-- may be the ones that are gone.
 local function refresh_slots(self)
-    local last_err = "no seed"
+    local ok, err
     local seeds = self.seeds
     for i = 1, #seeds do
-        local node = seeds[i]
-        local res, err, broken, fast = exchange(self, node, CLUSTER_SLOTS)
-        if broken then
-            unavailable(self, node, err, fast)
-            last_err = err
-        elseif res == nil then
-            last_err = err
-        else
-            local map, any = cluster.build_map(res, node.host, node_for, self)
-            if map then
-                self.slots = map
-                self.any_node = any
-                self.refreshes = self.refreshes + 1
-                return true
-            end
-            last_err = any
+        ok, err = slots_from(self, seeds[i])
+        if ok then
+            return true
         end
     end
-    return nil, UNAVAILABLE .. "no cluster node answered CLUSTER SLOTS (last: " .. tostring(last_err) .. ")"
+    for _, node in pairs(self.nodes) do
+        if not node.seed then
+            ok, err = slots_from(self, node)
+            if ok then
+                return true
+            end
+        end
+    end
+    return nil, UNAVAILABLE .. "no cluster node answered CLUSTER SLOTS (last: " .. tostring(err) .. ")"
 end
 
 local function refresh_timer(premature, self)
@@ -571,6 +591,7 @@ function _M.new(conf)
         local seeds = new_tab(#parsed, 0)
         for i = 1, #parsed do
             seeds[i] = node_for(self, parsed[i].host, parsed[i].port)
+            seeds[i].seed = true
         end
         self.seeds = seeds
     else

@@ -247,7 +247,12 @@ class ClusterNode(RedisServer):
         self.node_id = ""
         self.extra_args = ["--cluster-enabled", "yes", "--cluster-port", str(self.bus_port),
                            "--cluster-config-file", str(directory / "nodes.conf"),
-                           "--cluster-node-timeout", "2000"]
+                           "--cluster-node-timeout", "2000",
+                           # Slots of a stopped master fail alone; the rest of the cluster keeps serving.
+                           "--cluster-require-full-coverage", "no"]
+
+    def role(self) -> str:
+        return self.call("ROLE")[0]
 
     def cluster_info(self) -> Dict[str, str]:
         text = self.call("CLUSTER", "INFO")
@@ -262,6 +267,7 @@ class RedisCluster:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         self.dir = Path(tempfile.mkdtemp(prefix="gwc-redis-cluster-"))
         self.nodes: List[ClusterNode] = []
+        self.replicas: List[ClusterNode] = []
         for i in range(masters):
             d = self.dir / f"node{i}"
             d.mkdir()
@@ -290,13 +296,60 @@ class RedisCluster:
             raise
         return self
 
+    def live_nodes(self) -> List[ClusterNode]:
+        return [n for n in self.nodes + self.replicas if n.running()]
+
+    def add_replica(self, master: ClusterNode, deadline_s: float = 30.0) -> ClusterNode:
+        """A new node replicating `master`, joined and in sync; `failover(replica)` promotes it."""
+        d = self.dir / f"node{len(self.nodes) + len(self.replicas)}"
+        d.mkdir()
+        replica = ClusterNode(d)
+        self.replicas.append(replica)
+        replica.start()
+        replica.node_id = replica.call("CLUSTER", "MYID")
+        replica.call("CLUSTER", "MEET", "127.0.0.1", master.port, master.bus_port)
+        end = time.monotonic() + deadline_s
+        while master.node_id not in replica.call("CLUSTER", "NODES"):
+            if time.monotonic() > end:
+                raise TimeoutError(f"{replica.address} did not learn {master.address} within {deadline_s}s")
+            time.sleep(0.05)
+        while True:
+            try:
+                replica.call("CLUSTER", "REPLICATE", master.node_id)
+                break
+            except RedisReplyError as e:  # the master's role may not have reached it yet
+                if time.monotonic() > end:
+                    raise TimeoutError(f"CLUSTER REPLICATE on {replica.address}: {e}")
+                time.sleep(0.05)
+        while "master_link_status:up" not in replica.call("INFO", "replication"):
+            if time.monotonic() > end:
+                raise TimeoutError(f"{replica.address} not in sync with {master.address} within {deadline_s}s")
+            time.sleep(0.05)
+        self.wait_ok(deadline_s)
+        return replica
+
+    def failover(self, replica: ClusterNode, deadline_s: float = 30.0) -> None:
+        """Promotes `replica` without its master's agreement (the master may be stopped), until every live node
+        routes the master's slots to it."""
+        replica.call("CLUSTER", "FAILOVER", "TAKEOVER")
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            try:
+                if replica.role() == "master" and all(
+                        any(port == replica.port for _, _, port in self._slot_owners(n)) for n in self.live_nodes()):
+                    return
+            except (OSError, ConnectionError, RedisReplyError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{replica.address} was not promoted on every node within {deadline_s}s")
+
     def wait_ok(self, deadline_s: float = 30.0) -> None:
         """Until every node says cluster_state:ok and agrees on who serves every slot."""
         end = time.monotonic() + deadline_s
         states: Dict[str, str] = {}
         while time.monotonic() < end:
             try:
-                states = {n.address: n.cluster_info().get("cluster_state", "?") for n in self.nodes}
+                states = {n.address: n.cluster_info().get("cluster_state", "?") for n in self.live_nodes()}
                 if all(s == "ok" for s in states.values()) and self._views_agree():
                     return
             except (OSError, ConnectionError, RedisReplyError) as e:
@@ -305,7 +358,7 @@ class RedisCluster:
         raise TimeoutError(f"cluster not ok on every node within {deadline_s}s: {states}")
 
     def _views_agree(self) -> bool:
-        views = [self._slot_owners(n) for n in self.nodes]
+        views = [self._slot_owners(n) for n in self.live_nodes()]
         return all(v == views[0] for v in views)
 
     @staticmethod
@@ -320,11 +373,11 @@ class RedisCluster:
         return None
 
     def node_for_port(self, port: int) -> ClusterNode:
-        return next(n for n in self.nodes if n.port == port)
+        return next(n for n in self.nodes + self.replicas if n.port == port)
 
     def owner(self, slot: int) -> ClusterNode:
-        """The master serving `slot`, as the first node sees it."""
-        port = self._slot_owner_port(self.nodes[0], slot)
+        """The master serving `slot`, as the first live node sees it."""
+        port = self._slot_owner_port(self.live_nodes()[0], slot)
         if port is None:
             raise LookupError(f"slot {slot} is not served")
         return self.node_for_port(port)
@@ -334,7 +387,7 @@ class RedisCluster:
 
     def other_master(self, slot: int) -> ClusterNode:
         current = self.owner(slot)
-        return next(n for n in self.nodes if n is not current)
+        return next(n for n in self.live_nodes() if n is not current and n.role() == "master")
 
     def begin_migration(self, slot: int, target: ClusterNode) -> "SlotMigration":
         return SlotMigration(self, slot, self.owner(slot), target).begin()
@@ -354,7 +407,7 @@ class RedisCluster:
         return self.key_owner(key).call(*args)
 
     def stop(self) -> None:
-        for n in self.nodes:
+        for n in self.nodes + self.replicas:
             n.stop()
 
     def cleanup(self) -> None:
@@ -396,11 +449,11 @@ class SlotMigration:
 
     def finish(self, deadline_s: float = 30.0) -> None:
         # The target first, so it serves the slot before the source starts sending MOVED there.
-        for node in [self.target, self.source] + [n for n in self.cluster.nodes if n not in (self.source, self.target)]:
+        for node in [self.target, self.source] + [n for n in self.cluster.live_nodes() if n not in (self.source, self.target)]:
             node.call("CLUSTER", "SETSLOT", self.slot, "NODE", self.target.node_id)
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
-            if all(self.cluster._slot_owner_port(n, self.slot) == self.target.port for n in self.cluster.nodes):
+            if all(self.cluster._slot_owner_port(n, self.slot) == self.target.port for n in self.cluster.live_nodes()):
                 return
             time.sleep(0.05)
         raise TimeoutError(f"not every node sees slot {self.slot} on {self.target.address} after {deadline_s}s")
