@@ -5,7 +5,7 @@ Gateway CPU per request and latency of gwc-generated configs against bare
 NGINX `proxy_pass` measured in the same run, and the compile time of a
 GitHub-size spec. See bench/README.md.
 
-    python bench/run.py all            # everything (about 5 minutes on 2 cores)
+    python bench/run.py all            # everything (about 11 minutes on 2 cores)
     python bench/run.py --quick all    # shorter runs, under 2 minutes
     python bench/run.py one-route many-routes compile
 """
@@ -42,7 +42,7 @@ import paced  # noqa: E402
 import specs  # noqa: E402
 from support.processes import Nginx, free_port, nginx_binary  # noqa: E402  (Nginx.start waits with wait_for_port)
 
-SCENARIOS = ("one-route", "many-routes", "auth", "validation", "compile")
+SCENARIOS = ("one-route", "many-routes", "auth", "validation", "traffic", "compile")
 WRK_SCRIPT = BENCH / "wrk_report.lua"
 RESULTS = BENCH / "results"
 LOG_OFF_LABEL = "access_log off (bench edit)"
@@ -301,13 +301,18 @@ class Case:
     expect_status: int = 200
     note: str = ""
     shaping: Dict[str, str] = field(default_factory=dict)
+    # Counters of another process the case drives (its Redis), read around
+    # each run like the worker's CPU and reported per request.
+    side: Optional[Callable[[], Dict[str, float]]] = None
     samples: List[dict] = field(default_factory=list)
 
     def measure(self, secs: int, connections: int) -> dict:
+        side_before = self.side() if self.side else {}
         before = cpu_ns(self.server.worker)
         res = wrk(self.server.url(self.path), secs, connections, self.shaping)
         time.sleep(0.05)  # let the worker finish closing the connections
         after = cpu_ns(self.server.worker)
+        side_after = self.side() if self.side else {}
         requests = res["requests"]
         if requests <= 0:
             raise RuntimeError(f"{self.label}: wrk completed no requests")
@@ -324,6 +329,7 @@ class Case:
             "unexpected": unexpected,
             "wrk_p50_us": res["p50_us"],
             "wrk_p99_us": res["p99_us"],
+            **{f"{k}_per_req": (side_after[k] - side_before[k]) / requests for k in side_after},
         }
 
     def stats(self) -> dict:
@@ -339,12 +345,14 @@ class Case:
             "rps_median": statistics.median(s["rps"] for s in self.samples),
             "requests_total": sum(s["requests"] for s in self.samples),
             "unexpected_responses": sum(s["unexpected"] for s in self.samples),
+            **{f"{k}_median": statistics.median(s[k] for s in self.samples) for k in self.samples[0] if k.endswith("_per_req") and k != "cpu_us_per_req"},
             "rounds": self.samples,
         }
 
 
-def check_response(case: Case, deadline_s: float = 5.0) -> None:
-    """One request before timing anything: the case must answer as expected."""
+def check_response(case: Case, deadline_s: float = 5.0):
+    """One request before timing anything: the case must answer as expected.
+    Returns the response headers."""
     request = urllib.request.Request(case.server.url(case.path), method=case.shaping.get("GWC_BENCH_METHOD") or "GET")
     if case.shaping.get("GWC_BENCH_HEADERS"):
         first = Path(case.shaping["GWC_BENCH_HEADERS"]).read_text().splitlines()[0]
@@ -355,13 +363,14 @@ def check_response(case: Case, deadline_s: float = 5.0) -> None:
         request.add_header("Content-Type", case.shaping.get("GWC_BENCH_CONTENT_TYPE", "application/json"))
     try:
         with urllib.request.urlopen(request, timeout=deadline_s) as resp:
-            status, body = resp.status, resp.read()
+            status, body, headers = resp.status, resp.read(), resp.headers
     except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
+        status, body, headers = exc.code, exc.read(), exc.headers
     if status != case.expect_status:
         raise RuntimeError(f"{case.label} {case.path}: status {status}, expected {case.expect_status}: {body[:300]!r}")
     if status == 200 and body != b"ok":
         raise RuntimeError(f"{case.label} {case.path}: body {body[:300]!r} is not the backend's 'ok'")
+    return headers
 
 
 def rotated(items: list, r: int) -> list:
@@ -509,6 +518,14 @@ def set_ratio(c: dict, name: str, ref: dict) -> None:
     c[f"ratio_{name}_paired"] = paired_ratio(c, ref)
 
 
+def set_added(c: dict, name: str, ref: dict) -> dict:
+    """c["added_us_<name>"]: difference of medians; returns the within-round
+    differences (median, min, max), for the reason paired_ratio gives."""
+    c[f"added_us_{name}"] = c["cpu_us_per_req_median"] - ref["cpu_us_per_req_median"]
+    diffs = [a["cpu_us_per_req"] - b["cpu_us_per_req"] for a, b in _same_rounds(c, ref)]
+    return {"median": statistics.median(diffs), "min": min(diffs), "max": max(diffs), "rounds": diffs}
+
+
 # --- scenarios ----------------------------------------------------------------------------
 
 
@@ -599,9 +616,6 @@ def scenario_many_routes(base: Path, st: Settings) -> dict:
 def _auth_material(base: Path, pool: int) -> dict:
     """Keys, a key file and header pools: one RS256 token for the warm cache,
     `pool` distinct RS256 and ES256 tokens for the cold cases, an API key."""
-    import hashlib
-    import secrets
-
     import jwt
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -627,11 +641,23 @@ def _auth_material(base: Path, pool: int) -> dict:
     pool_file("rs_warm", ["Authorization: Bearer " + token(rsa_key, "RS256", "rs1", 0)])
     pool_file("rs_cold", ["Authorization: Bearer " + token(rsa_key, "RS256", "rs1", i) for i in range(pool)])
     pool_file("es_cold", ["Authorization: Bearer " + token(ec_key, "ES256", "es1", i) for i in range(pool)])
-    api_key = "gwc_" + secrets.token_urlsafe(32)
-    pool_file("key", ["X-API-Key: " + api_key])
-    digest = hashlib.sha256(api_key.encode()).hexdigest()
-    (base / "keys.yaml").write_text(f"consumers:\n  - {{id: bench, key_sha256: {digest}, plan: gold}}\n")
+    files["key"] = _api_key(base, plan="gold")
     return {"rsa_jwk": rsa_jwk, "ec_jwk": ec_jwk, "headers": files}
+
+
+def _api_key(base: Path, plan: Optional[str] = None) -> str:
+    """A fresh API key for consumer `bench` in base/keys.yaml; returns the
+    header file (one `X-API-Key` line) for wrk_report.lua."""
+    import hashlib
+    import secrets
+
+    api_key = "gwc_" + secrets.token_urlsafe(32)
+    path = base / "key.headers"
+    path.write_text(f"X-API-Key: {api_key}\n")
+    digest = hashlib.sha256(api_key.encode()).hexdigest()
+    entry = f"id: bench, key_sha256: {digest}" + (f", plan: {plan}" if plan else "")
+    (base / "keys.yaml").write_text(f"consumers:\n  - {{{entry}}}\n")
+    return str(path)
 
 
 def scenario_auth(base: Path, st: Settings) -> dict:
@@ -690,11 +716,131 @@ def scenario_validation(base: Path, st: Settings) -> dict:
     off = cs["unvalidated"]
     for c in cs.values():
         set_ratio(c, "vs_bare", cs["bare"])
-        c["added_us_vs_unvalidated"] = c["cpu_us_per_req_median"] - off["cpu_us_per_req_median"]
-        # The same difference taken within each round, for the reason paired_ratio gives.
-        c["added_us_vs_unvalidated_paired"] = statistics.median(
-            a["cpu_us_per_req"] - b["cpu_us_per_req"] for a, b in _same_rounds(c, off)
-        )
+        c["added_us_vs_unvalidated_paired"] = set_added(c, "vs_unvalidated", off)["median"]
+    return result
+
+
+# Idle Redis connections each gateway worker keeps (x-gateway.redis.pool).
+REDIS_POOL = 32
+
+
+def _script_calls(commandstats: str) -> int:
+    """EVALSHA plus EVAL calls in the text of `INFO commandstats`."""
+    total = 0
+    for m in re.finditer(r"(?m)^cmdstat_(?:evalsha|eval):calls=(\d+)", commandstats):
+        total += int(m.group(1))
+    return total
+
+
+class RedisProbe:
+    """Counters of the redis-server processes behind one gateway's fleet
+    limits, read over one connection per server opened before the run, so
+    probing opens no connection while the gateway is measured."""
+
+    def __init__(self, servers: list):
+        self.servers = servers
+        self.conns = [s.connect() for s in servers]
+
+    def counters(self) -> Dict[str, float]:
+        return {
+            "redis_cpu_us": sum(cpu_ns(s.proc.pid) for s in self.servers) / 1000,
+            "redis_scripts": sum(_script_calls(c.call("INFO", "commandstats")) for c in self.conns),
+        }
+
+    def connections(self) -> List[dict]:
+        """Per server: clients connected now (the probe's own left out) and connections accepted so far."""
+        out = []
+        for server, conn in zip(self.servers, self.conns):
+            clients = [line for line in conn.call("CLIENT", "LIST").splitlines() if line.strip()]
+            stats = conn.call("INFO", "stats")
+            received = int(re.search(r"(?m)^total_connections_received:(\d+)", stats).group(1))
+            out.append({"server": server.address, "open": len(clients) - 1, "accepted": received})
+        return out
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+
+
+def _limit_headers_present(case: Case, limit_name: str) -> None:
+    """The limit must run on the case's requests: its IETF headers name it."""
+    headers = check_response(case)
+    policy = headers.get("RateLimit-Policy") or ""
+    if f'"{limit_name}"' not in policy or not headers.get("RateLimit"):
+        raise RuntimeError(f"{case.label}: no RateLimit-Policy for {limit_name!r} in the response (got {policy!r})")
+
+
+def scenario_traffic(base: Path, st: Settings) -> dict:
+    from support.redis_servers import RedisCluster, RedisServer
+
+    key_headers = {"GWC_BENCH_HEADERS": _api_key(base)}
+    with contextlib.ExitStack() as stack:
+        backend = start_backend(stack, base)
+        bare = start_bare(stack, base, backend.port)
+        redis = RedisServer(directory=base / "redis")
+        stack.callback(redis.cleanup)
+        redis.start()
+        cluster = RedisCluster(masters=3)
+        stack.callback(cluster.cleanup)
+        cluster.start()
+        std = start_gwc(stack, base, "traffic", specs.traffic(backend.port, "keys.yaml", {"url": f"redis://{redis.address}/0", "pool": REDIS_POOL}))
+        clu = start_gwc(stack, base, "traffic-cluster", specs.traffic(backend.port, "keys.yaml", {"cluster": [f"redis://{n.address}" for n in cluster.nodes], "pool": REDIS_POOL}))
+        nat = start_gwc(stack, base, "traffic-native", specs.traffic(backend.port, "keys.yaml", None, headers="none"))
+        # headers: none hands the node per-IP limit to nginx: a limit_req in
+        # the location and nothing for Lua to check.
+        native_ops = json.loads((nat.out_dir / "lua" / "gwc" / "data" / "access.json").read_text())["operations"]
+        if "limit_req zone=" not in (nat.out_dir / "nginx.conf").read_text() or (native_ops.get("get_ip") or {}).get("limits"):
+            raise RuntimeError(f"{nat.out_dir}: the per-IP limit is not enforced by limit_req alone")
+        probe_std, probe_clu = RedisProbe([redis]), RedisProbe(cluster.nodes)
+        stack.callback(probe_std.close)
+        stack.callback(probe_clu.close)
+        s, c, n = std.log_off, clu.log_off, nat.log_off
+        cases = [
+            Case("bare", "bare proxy_pass", bare, "/pets/42"),
+            Case("key", "gwc API key, no limit", s, "/key/42", shaping=key_headers),
+            Case("node", "gwc API key, per-consumer limit, node", s, "/node/42", shaping=key_headers, note="bucket idle: incr + set"),
+            Case("node_busy", "gwc API key, per-consumer limit, node, bucket busy", s, "/node-busy/42", shaping=key_headers, note="TAT ahead of the clock: one incr"),
+            Case("fleet", "gwc API key, per-consumer limit, fleet, standalone Redis", s, "/fleet/42", shaping=key_headers, side=probe_std.counters),
+            Case("key_cluster", "gwc (Cluster gateway) API key, no limit", c, "/key/42", shaping=key_headers),
+            Case("fleet_cluster", "gwc API key, per-consumer limit, fleet, Redis Cluster (3 masters)", c, "/fleet/42", shaping=key_headers, side=probe_clu.counters),
+            Case("public", "gwc public, no limit", s, "/pets/42"),
+            Case("ip_lua", "gwc public, per-IP limit in Lua (IETF headers)", s, "/ip/42"),
+            Case("public_native", "gwc (headers: none gateway) public, no limit", n, "/pets/42"),
+            Case("ip_native", "gwc public, per-IP limit by nginx limit_req (headers: none)", n, "/ip/42"),
+        ]
+        by_key = {case.key: case for case in cases}
+        for key in ("node", "node_busy", "fleet", "fleet_cluster", "ip_lua"):
+            name = "bench-" + by_key[key].path.split("/")[1]
+            _limit_headers_present(by_key[key], name)
+        before = {"standalone": probe_std.connections(), "cluster": probe_clu.connections()}
+        interleaved(cases, st)
+        time.sleep(0.2)  # let connections the gateway closed reach the server
+        after = {"standalone": probe_std.connections(), "cluster": probe_clu.connections()}
+    result = {"cases": {case.key: case.stats() for case in cases}, "log": LOG_OFF_LABEL, "redis_pool": REDIS_POOL,
+              "wrk_connections": st.connections}
+    cs = result["cases"]
+    references = {"node": "key", "node_busy": "key", "fleet": "key", "key_cluster": "key", "fleet_cluster": "key_cluster",
+                  "ip_lua": "public", "public_native": "public", "ip_native": "public_native"}
+    for key, case in cs.items():
+        set_ratio(case, "vs_bare", cs["bare"])
+        if key in references:
+            case["reference"] = references[key]
+            set_ratio(case, "vs_reference", cs[references[key]])
+            case["added_us_vs_reference_paired"] = set_added(case, "vs_reference", cs[references[key]])
+    set_ratio(cs["fleet_cluster"], "vs_standalone", cs["fleet"])
+    result["redis_connections"] = {
+        kind: [
+            {"server": b["server"], "open_after": a["open"], "accepted_during_run": a["accepted"] - b["accepted"]}
+            for b, a in zip(before[kind], after[kind])
+        ]
+        for kind in before
+    }
+    result["all_2xx"] = all(case["unexpected_responses"] == 0 for case in cs.values())
+    # A fleet case whose requests did not each run one script measured a
+    # skipped limit (on_error: allow), not a Redis round trip.
+    result["one_script_per_request"] = {
+        key: [round(r["redis_scripts_per_req"], 3) for r in cs[key]["rounds"]] for key in ("fleet", "fleet_cluster")
+    }
     return result
 
 
@@ -983,6 +1129,70 @@ def markdown(report: dict) -> str:
                 f"{_f(c['ratio_vs_bare'], 3)} | {_f(c['added_us_vs_unvalidated'])} | {c['rps_median']:.0f} | {c['unexpected_responses']} |"
             )
         lines.append("")
+    if "traffic" in sc:
+        r = sc["traffic"]
+        cs = r["cases"]
+        lines += [
+            "## traffic: rate limits (`access_log off`)",
+            "",
+            "Three gateways built from one spec (`specs.traffic`): fleet limits in a standalone redis-server, the same in a "
+            "three-master Redis Cluster, and `rate_limit_headers: none` (node per-IP limit by nginx's `limit_req`). "
+            "Every limit's rate is far above what wrk sends, so each request is checked and charged and none is refused. "
+            "\"reference\" is the same operation without the limit (same API key auth) on the same gateway; \"added\" is "
+            "the CPU the limit adds to the gateway worker: per round = median of within-round differences (min–max). "
+            "Redis figures are the redis-server processes' own CPU and script calls (EVALSHA + EVAL) per request, "
+            "not included in the gateway's.",
+            "",
+            "| case | CPU µs/req (median) | min–max | vs bare, per round | reference | added µs, per round (min–max) "
+            "| vs reference, per round (min–max) | added µs, of medians | Redis scripts/req | Redis CPU µs/req | req/s | unexpected | note |",
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for c in cs.values():
+            ref = c.get("reference")
+            added = c.get("added_us_vs_reference_paired")
+            lines.append(
+                f"| {c['label']} | {_f(c['cpu_us_per_req_median'])} | {_f(c['cpu_us_per_req_min'])}–{_f(c['cpu_us_per_req_max'])} | "
+                f"{_paired(c, 'vs_bare')} | {cs[ref]['label'] if ref else '–'} | "
+                f"{'–' if added is None else '**%+.2f** (%+.2f–%+.2f)' % (added['median'], added['min'], added['max'])} | "
+                f"{_paired(c, 'vs_reference')} | {'–' if ref is None else '%+.2f' % c['added_us_vs_reference']} | "
+                f"{_f(c.get('redis_scripts_per_req_median'), 3)} | {_f(c.get('redis_cpu_us_per_req_median'))} | "
+                f"{c['rps_median']:.0f} | {c['unexpected_responses']} | {c['note']} |"
+            )
+        node, fleet, clu = cs["node"], cs["fleet"], cs["fleet_cluster"]
+
+        def verdict(ok: bool) -> str:
+            return "yes" if ok else "**no**"
+
+        def added_row(label: str, c: dict, target_us: float) -> str:
+            a = c["added_us_vs_reference_paired"]
+            return (f"| {label} | {a['median']:+.2f} µs ({a['min']:+.2f}–{a['max']:+.2f}); ratio {_paired(c, 'vs_reference')} | "
+                    f"{c['added_us_vs_reference']:+.2f} µs | ≤ +{target_us:g} µs | {verdict(a['median'] <= target_us)} |")
+
+        vs_std = clu["ratio_vs_standalone_paired"]
+        lines += [
+            "",
+            "Issue 9 targets (judged on the per-round median):",
+            "",
+            "| row | per round (min–max) | of medians | target | met |",
+            "| --- | --- | --- | --- | :---: |",
+            added_row("per-consumer limit on one node", node, 1.5),
+            added_row("fleet limit through a pooled Redis connection", fleet, 25),
+            f"| Redis Cluster vs standalone (fleet limit, gateway CPU) | {_paired(clu, 'vs_standalone')} | {clu['ratio_vs_standalone']:.3f} | "
+            f"within 10 % | {verdict(abs(vs_std['median'] - 1) <= 0.10)} |",
+            "",
+            f"Every response 2xx: {verdict(r['all_2xx'])}. Script calls per request, per round: "
+            + "; ".join(f"{k} {', '.join('%.3f' % v for v in vals)}" for k, vals in r["one_script_per_request"].items())
+            + " (1.000 = every request made its one Redis round trip).",
+            "",
+            f"Redis connections (gateway pool {r['redis_pool']} per worker, one worker, wrk {r['wrk_connections']} connections; "
+            "the bench's own probe connection left out): "
+            + "; ".join(
+                f"{kind}: " + ", ".join(f"{x['server']} {x['open_after']} open after the run, {x['accepted_during_run']} accepted during it" for x in rows)
+                for kind, rows in r["redis_connections"].items()
+            )
+            + ".",
+            "",
+        ]
     if "many-routes" in sc:
         r = sc["many-routes"]
         s = r["spec"]
@@ -1112,6 +1322,10 @@ def preflight(chosen: List[str]) -> None:
             raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
         if not Path("/proc/self/schedstat").exists():
             raise SystemExit("bench: /proc/<pid>/schedstat is not available (kernel without schedstats)")
+    if "traffic" in chosen:
+        for tool in ("redis-server", "redis-cli"):
+            if not shutil.which(tool):
+                raise SystemExit(f"bench: {tool} is not installed (apt-get install redis-server)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -1128,7 +1342,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         "worker_processes": WORKER_PROCESSES,
         "scenarios": {},
     }
-    runners = {"one-route": scenario_one_route, "many-routes": scenario_many_routes, "auth": scenario_auth, "validation": scenario_validation, "compile": scenario_compile}
+    runners = {
+        "one-route": scenario_one_route, "many-routes": scenario_many_routes, "auth": scenario_auth,
+        "validation": scenario_validation, "traffic": scenario_traffic, "compile": scenario_compile,
+    }
     tmp = tempfile.mkdtemp(prefix="gwc-bench-")
     # When the bench runs as root, nginx workers run as an unprivileged user
     # and must be able to read the Lua modules they require lazily.

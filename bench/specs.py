@@ -495,3 +495,53 @@ def validation(backend_port: int, schemas: dict) -> dict:
         "post": {"operationId": "createPetRaw", "requestBody": body, "x-gateway": {"validate": {"body": False}}, "responses": _ok()}
     }
     return spec
+
+
+# --- traffic (issue 9) ---------------------------------------------------------------------
+
+# Rates no bench run comes near, so a limit is checked and charged on every
+# request and never refuses one; the bursts are large because nginx's
+# limit_req and the Lua GCRA both see many requests in the same millisecond.
+# IDLE: one token per µs, far faster than requests arrive, so every request
+# finds the bucket idle (TAT in the past), the costlier path (charge, then
+# lift TAT to now). Not faster: the interval must stay above the float
+# resolution of a millisecond timestamp (about 0.2 µs), or a charge adds
+# nothing. BUSY: one token per 100 µs, slower than wrk sends, so TAT runs
+# ahead of the clock (the one-incr path) but stays within the burst's
+# tolerance (10^7 x 0.1 ms = 1,000 s) for a whole bench.
+NEVER_REFUSE = {"rate": "1000000/s", "burst": 1000000}
+NEVER_REFUSE_BUSY = {"rate": "10000/s", "burst": 10000000}
+
+TRAFFIC_ROUTES = {
+    # path prefix -> (security scheme or None, rate_limit key or None, scope, rates)
+    "/key": ("key", None, None, None),  # API key, no limit: the reference of the consumer limits
+    "/node": ("key", "consumer", "node", NEVER_REFUSE),
+    "/node-busy": ("key", "consumer", "node", NEVER_REFUSE_BUSY),
+    "/fleet": ("key", "consumer", "fleet", NEVER_REFUSE),
+    "/pets": (None, None, None, None),  # public, no limit: the reference of the per-IP limit
+    "/ip": (None, "ip", "node", NEVER_REFUSE),
+}
+
+
+def traffic(backend_port: int, keys_file: str, redis: Optional[dict], headers: str = "ietf") -> dict:
+    """One gateway, one operation per kind of limit, each beside the same
+    operation without one. `redis` is the x-gateway.redis block (standalone
+    `url` or `cluster` seeds), or None for a gateway with node limits only;
+    `headers: none` lets nginx's limit_req enforce the per-IP limit."""
+    spec = _root(backend_port, "bench traffic")
+    spec["openapi"] = "3.1.0"
+    gw = spec["x-gateway"]
+    gw["keys"] = keys_file
+    gw["rate_limit_headers"] = headers
+    if redis is not None:
+        gw["redis"] = redis
+    spec["components"] = {"securitySchemes": {"key": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}}
+    for prefix, (scheme, key, scope, rates) in TRAFFIC_ROUTES.items():
+        if scope == "fleet" and redis is None:
+            continue
+        name = prefix.strip("/")
+        op: dict = {"operationId": "get_" + name.replace("-", "_"), "security": [{scheme: []}] if scheme else [], "responses": _ok()}
+        if key:
+            op["x-gateway"] = {"rate_limit": {"name": f"bench-{name}", "key": key, "scope": scope, **rates}}
+        spec["paths"][prefix + "/{petId}"] = {"parameters": [_param("petId")], "get": op}
+    return spec
