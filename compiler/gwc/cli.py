@@ -263,5 +263,45 @@ def keys_passwd(username: str, path: str, password_stdin: bool) -> None:
     click.echo(f"gwc: password set for {username!r} in {path}", err=True)
 
 
+
+@cli.command()
+@click.option("--redis", "redis_url", metavar="URL", help="The Redis of x-gateway.redis (redis:// or rediss://), for fleet-scope quotas.")
+@click.option("--cluster", is_flag=True, help="--redis names one Redis Cluster node: scan every master.")
+@click.option("--password-env", metavar="NAME", default=None, help="Environment variable holding the Redis password.")
+@click.option("--prefix", default="gwc", show_default=True, help="x-gateway.redis.prefix of the gateways.")
+@click.option("--status", "status_url", metavar="URL", help="A gateway's status listener (http://127.0.0.1:9145), for its node-scope quotas.")
+@click.option("--plan", default=None, help="Only this usage plan.")
+@click.option("--consumer", default=None, help="Only this consumer.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def usage(redis_url: Optional[str], cluster: bool, password_env: Optional[str], prefix: str, status_url: Optional[str],
+          plan: Optional[str], consumer: Optional[str], fmt: str) -> None:
+    """Print each consumer's quota use in the current period and what is left (AWS GetUsage)."""
+    import time
+
+    from . import usage as usage_mod
+
+    if (redis_url is None) == (status_url is None):
+        click.echo("gwc: usage: give exactly one of --redis URL or --status URL", err=True)
+        sys.exit(EXIT_USAGE)
+    if status_url is not None and (cluster or password_env):
+        click.echo("gwc: usage: --cluster and --password-env apply to --redis only", err=True)
+        sys.exit(EXIT_USAGE)
+    password = None
+    if password_env:
+        password = os.environ.get(password_env)
+        if not password:
+            click.echo(f"gwc: usage: environment variable {password_env} is not set", err=True)
+            sys.exit(EXIT_USAGE)
+    now = int(time.time())
+    try:
+        if redis_url is not None:
+            rows, scope = usage_mod.from_redis(redis_url, cluster, password, prefix, now), "fleet"
+        else:
+            rows, scope = usage_mod.from_status(status_url, now), "node"
+    except usage_mod.UsageError as exc:
+        click.echo(f"gwc: {exc}", err=True)
+        sys.exit(EXIT_INVALID)
+    click.echo(usage_mod.render(usage_mod.select(rows, plan, consumer), fmt, scope, now))
+
 if __name__ == "__main__":  # pragma: no cover
     main()
