@@ -15,6 +15,7 @@ local ngx_log = ngx.log
 local ERR = ngx.ERR
 local null = ngx.null
 local timer_at = ngx.timer.at
+local ngx_sleep = ngx.sleep
 local unescape_uri = ngx.unescape_uri
 local sha1_bin = ngx.sha1_bin
 local crc32_short = ngx.crc32_short
@@ -286,6 +287,21 @@ local function unavailable(self, node, err, fast)
     return nil, err
 end
 
+-- Replies of a server that is up but cannot serve the command now (loading
+-- its data, a replica without its master, a slot no master serves): for the
+-- caller the same as an outage, but the connection is fine, so no breaker.
+local UNSERVED = { LOADING = true, MASTERDOWN = true, CLUSTERDOWN = true, TRYAGAIN = true }
+
+local function unserved(err)
+    return UNSERVED[match(err, "^%u+")] == true
+end
+
+local function not_serving(self, err)
+    err = UNAVAILABLE .. err
+    note_failure(self, err)
+    return nil, err
+end
+
 -- TLS, then AUTH and SELECT, on a new connection. AUTH/SELECT get their own
 -- round trip rather than riding in the command's write: had they been refused,
 -- the command would already have run as the default user or in database 0.
@@ -447,9 +463,28 @@ local function schedule_refresh(self)
     end
 end
 
+-- The first call of a worker fetches the map; calls arriving meanwhile wait
+-- for it (up to the timeout) instead of each fetching and building their own.
+local function load_slots(self)
+    if self.loading then
+        local waited, limit = 0, self.timeout / 1000
+        while self.loading and waited < limit do
+            ngx_sleep(0.002)
+            waited = waited + 0.002
+        end
+        if self.slots then
+            return true
+        end
+    end
+    self.loading = true
+    local ok, err = refresh_slots(self)
+    self.loading = false
+    return ok, err
+end
+
 local function cluster_dispatch(self, req, routing_key)
     if not self.slots then
-        local ok, err = refresh_slots(self)
+        local ok, err = load_slots(self)
         if not ok then
             return nil, err
         end
@@ -470,6 +505,10 @@ local function cluster_dispatch(self, req, routing_key)
         end
         local kind, slot, host, port = parse_redirect(err)
         if not kind then
+            if unserved(err) then
+                schedule_refresh(self)
+                return not_serving(self, err)
+            end
             return nil, err
         end
         self.redirects = self.redirects + 1
@@ -495,6 +534,9 @@ local function dispatch(self, req, routing_key)
     local res, err, broken, fast = exchange(self, node, req)
     if broken then
         return unavailable(self, node, err, fast)
+    end
+    if res == nil and unserved(err) then
+        return not_serving(self, err)
     end
     return res, err
 end

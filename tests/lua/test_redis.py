@@ -227,6 +227,45 @@ def test_wrong_password_is_an_unavailable_error():
             assert runner.nginx.read_error_log().count("WRONGPASS") == 1
 
 
+def test_refused_select_runs_nothing(lua, server):
+    server.call("DEL", "t:select")
+    got = run(lua, """
+        local c = assert(redis.new{ url = P.url, name = "select" })
+        return { c:command({ "SET", "t:select", "db 0?" }) }
+    """, url=server.url + "/99")  # redis-server has 16 databases
+    assert got[0] is None and got[1].startswith("redis unavailable: handshake refused") and "DB index" in got[1]
+    assert server.call("GET", "t:select") is None
+
+
+def test_concurrent_calls_in_one_worker(lua, server):
+    server.call("DEL", "t:conc")
+    got = run(lua, """
+        local c = assert(redis.new{ url = P.url, pool = 8 })
+        local s = redis.script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        local function worker(i)
+            local sum = 0
+            for j = 1, 20 do
+                local res, err = c:eval(s, { "t:conc" }, { i })
+                if not res then return nil, err end
+                local echo = c:command({ "ECHO", "w" .. i .. ":" .. j })
+                if echo ~= "w" .. i .. ":" .. j then return nil, "crossed reply " .. tostring(echo) end
+                sum = sum + i
+            end
+            return sum
+        end
+        local threads = {}
+        for i = 1, 50 do threads[i] = ngx.thread.spawn(worker, i) end
+        local total, errs = 0, {}
+        for i = 1, 50 do
+            local ok, sum, err = ngx.thread.wait(threads[i])
+            if sum then total = total + sum else errs[#errs + 1] = tostring(err) end
+        end
+        return { total = total, errs = table.concat(errs, "; "), final = c:command({ "GET", "t:conc" }) }
+    """, url=server.url)
+    assert got["errs"] == ""
+    assert got["total"] == 20 * sum(range(1, 51)) == int(got["final"])
+
+
 def test_tls_with_test_ca(lua, tls_server):
     # nginx checks the peer's DNS names only (X509_check_host), never IP SANs: a URL holding an address needs
     # server_name, the certificate's DNS name.
@@ -584,3 +623,37 @@ def test_cluster_failover_refreshes_the_slot_map(lua):
         assert got["first"][0] is None and got["first"][1].startswith("redis unavailable: ")
         assert got["second"] == ["before"]
         assert got["stats"]["refreshes"] >= 2
+
+
+def test_cluster_concurrent_first_calls_share_one_slot_fetch(lua, cluster):
+    got = run(lua, """
+        local c = assert(redis.new{ cluster = P.seeds })
+        local function worker(i)
+            return c:command({ "SET", "conc:" .. i, i }, "conc:" .. i)
+        end
+        local threads = {}
+        for i = 1, 30 do threads[i] = ngx.thread.spawn(worker, i) end
+        local errs = {}
+        for i = 1, 30 do
+            local ok, res, err = ngx.thread.wait(threads[i])
+            if res ~= "OK" then errs[#errs + 1] = tostring(err) end
+        end
+        return { errs = table.concat(errs, "; "), stats = c:stats() }
+    """, seeds=cluster.seeds)
+    assert got["errs"] == ""
+    assert got["stats"]["refreshes"] == 1
+
+
+def test_cluster_unserved_slot_is_unavailable(lua):
+    with RedisCluster() as c:
+        key = "orphan"
+        for n in c.nodes:
+            n.call("CLUSTER", "DELSLOTS", key_slot(key))
+        got = run(lua, """
+            local cl = assert(redis.new{ cluster = P.seeds, name = "unserved" })
+            local res, err = cl:command({ "GET", P.key }, P.key)
+            local ok_other = cl:command({ "SET", P.other, "1" }, P.other)
+            return { err = err, other = ok_other, stats = cl:stats() }
+        """, seeds=c.seeds, key=key, other="not-orphan")
+        assert got["err"].startswith("redis unavailable: CLUSTERDOWN")
+        assert got["other"] == "OK"
