@@ -1,0 +1,584 @@
+"""Fleet-scope limits live: two real nginx gateways built from one spec share a real Redis (standalone with AUTH and
+database 3, or a three-master Cluster) and enforce one limit between them.
+
+Covered: the rate*W + burst bound and a client paced at 90 % of the rate (cases as data, on standalone and Cluster);
+a slot migration of the keys in use during traffic; AUTH from the environment and SELECT; a quota shared by both
+gateways and kept across an nginx restart, visible in Redis as the design's hash; Redis paused (slow) and stopped
+under load with on_error allow and deny, bounded latency, a throttled error log, and automatic recovery.
+
+Every request has a client deadline; every wait has one too. No timing is asserted, only counts and statuses.
+"""
+from __future__ import annotations
+
+import calendar
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+import pytest
+import yaml
+
+from harness import gwc_build, severe_lines
+from support.processes import Nginx, free_port, log_since, log_size, parse_response
+from support.redis_servers import RedisCluster, RedisServer, key_slot
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+SPEC = Path(__file__).resolve().parent / "specs" / "fleet.yaml"
+PASSWORD_ENV = "GWC_FLEET_REDIS_PASSWORD"
+PASSWORD = "fleet-secret-7c41"
+DATABASE = 3
+TIMEOUT_MS = 200
+# A request may wait one Redis timeout (or a connect and a read); far more than that is a hang.
+CLIENT_DEADLINE_S = 2.0
+
+# The /shared operation's limit, as written in specs/fleet.yaml.
+RATE_PER_S = 10
+BURST = 5
+# Plan `small` (quota 5 a day) and plan `roomy` (a large quota, for counting under a reshard).
+QUOTA = 5
+CONSUMERS = {"alice": "small", "bob": "small", "erin": "roomy"}
+
+THROTTLED = "https://gwc.dev/problems/throttled"
+QUOTA_EXCEEDED = "https://gwc.dev/problems/quota-exceeded"
+PROBLEM = "application/problem+json"
+
+
+def api_key(consumer: str) -> str:
+    return f"fleet-key-{consumer}-5d1e0b"
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass
+class Response:
+    gateway: int
+    status: int
+    headers: Dict[str, str]
+    body: bytes
+    started: float
+    ended: float
+    error: Optional[str] = None
+
+    @property
+    def json(self):
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def send(port: int, path: str, headers: Optional[Dict[str, str]] = None, gateway: int = 0,
+         deadline_s: float = CLIENT_DEADLINE_S) -> Response:
+    """One GET on a fresh connection; a transport failure or a missed deadline is a Response with `error`."""
+    lines = [f"GET {path} HTTP/1.1", "Host: gw.test", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    started = time.monotonic()
+    data = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=deadline_s) as s:
+            s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            end = started + deadline_s
+            while True:
+                s.settimeout(max(0.01, end - time.monotonic()))
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        status, resp_headers, body = parse_response(data)
+        return Response(gateway, status, resp_headers, body, started, time.monotonic())
+    except (OSError, ValueError, IndexError) as exc:
+        return Response(gateway, 0, {}, b"", started, time.monotonic(), error=f"{type(exc).__name__}: {exc}")
+
+
+def refused_problem_errors(resp: Response, want_type: str, want_status: int = 429) -> List[str]:
+    """What is wrong with a refusal: not problem+json, wrong type, no whole-second Retry-After, reached upstream."""
+    errs = []
+    body = resp.json or {}
+    if resp.status != want_status:
+        errs.append(f"status {resp.status}")
+    if resp.headers.get("content-type") != PROBLEM:
+        errs.append(f"content-type {resp.headers.get('content-type')!r}")
+    if body.get("type") != want_type or body.get("status") != want_status:
+        errs.append(f"problem {body!r}")
+    if not re.fullmatch(r"[1-9][0-9]*", resp.headers.get("retry-after", "")):
+        errs.append(f"Retry-After {resp.headers.get('retry-after')!r}")
+    if "x-backend" in resp.headers:
+        errs.append("the refused request reached the upstream")
+    return errs
+
+
+# --------------------------------------------------------------------------- gateways
+
+
+@contextlib.contextmanager
+def environment(values: Dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` while nginx is spawned: its master reads `env NAME;` variables at start."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@dataclass
+class Gateway:
+    out_dir: Path
+    port: int
+    env: Dict[str, str]
+    nginx: Optional[Nginx] = None
+
+    def start(self) -> "Gateway":
+        with environment(self.env):
+            self.nginx = Nginx(self.out_dir).start([self.port])
+        return self
+
+    def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def error_log(self) -> Path:
+        return self.out_dir / "logs" / "error.log"
+
+    def log_text(self, offset: int = 0) -> str:
+        return log_since(self.error_log, offset)
+
+    def access_records(self) -> List[dict]:
+        try:
+            text = (self.out_dir / "logs" / "access.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def limit_id(self, op_id: str) -> str:
+        data = json.loads((self.out_dir / "lua" / "gwc" / "data" / "access.json").read_text())
+        return data["operations"][op_id]["limits"][0]["id"]
+
+    def get(self, path: str, headers: Optional[Dict[str, str]] = None, index: int = 0) -> Response:
+        return send(self.port, path, headers, gateway=index)
+
+
+def redis_setting(redis: str, on_error: str, password: bool) -> str:
+    body = f"{redis}, timeout: {TIMEOUT_MS}ms, pool: 8, on_error: {on_error}"
+    return body + (f", password_env: {PASSWORD_ENV}" if password else "")
+
+
+def build_gateways(work: Path, name: str, backend: int, redis: str, count: int = 2, on_error: str = "allow",
+                   password: bool = False) -> List[Gateway]:
+    """`count` gateways from one rendering of specs/fleet.yaml, each built into its own directory and port."""
+    spec_dir = work / name
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    consumers = [{"id": c, "key_sha256": hashlib.sha256(api_key(c).encode()).hexdigest(), "plan": plan}
+                 for c, plan in CONSUMERS.items()]
+    (spec_dir / "keys.yaml").write_text(yaml.safe_dump({"consumers": consumers}))
+    text = SPEC.read_text().replace("__BACKEND__", str(backend)).replace("__REDIS__", redis_setting(redis, on_error, password))
+    spec_file = spec_dir / "fleet.yaml"
+    spec_file.write_text(text)
+    env = {PASSWORD_ENV: PASSWORD} if password else {}
+    gateways = []
+    for i in range(count):
+        port = free_port()
+        out = spec_dir / f"gw{i}"
+        gwc_build(spec_file, out, f"127.0.0.1:{port}", "nginx-lua")
+        gateways.append(Gateway(out, port, env))
+    return gateways
+
+
+@contextlib.contextmanager
+def running(gateways: List[Gateway]) -> Iterator[List[Gateway]]:
+    try:
+        for gw in gateways:
+            gw.start()
+        yield gateways
+    finally:
+        for gw in gateways:
+            gw.stop()
+
+
+def assert_clean_logs(gateways: List[Gateway], allow: Callable[[str], bool] = lambda line: False) -> None:
+    bad = [f"{gw.out_dir.name}: {line}" for gw in gateways for line in severe_lines(gw.log_text()) if not allow(line)]
+    assert not bad, "unexpected error-log lines:\n" + "\n".join(bad[:20])
+
+
+@dataclass
+class Fleet:
+    gateways: List[Gateway]
+    redis_call: Callable[..., object]      # a command on the node that holds `key` (first argument)
+    kind: str
+    keys: Callable[[], List[str]] = field(default=lambda: [])
+
+
+@pytest.fixture(scope="module")
+def standalone_redis():
+    with RedisServer(password=PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def standalone(work_dir, backends, standalone_redis):
+    gateways = build_gateways(work_dir, "fleet-standalone", backends["A"],
+                              f"url: 'redis://127.0.0.1:{standalone_redis.port}/{DATABASE}'", password=True)
+
+    def call(key, *args):
+        with standalone_redis.connect() as conn:
+            conn.call("SELECT", DATABASE)
+            return conn.call(*args)
+
+    def keys():
+        return call("", "KEYS", "gwc:*")
+
+    with running(gateways):
+        yield Fleet(gateways, call, "standalone", keys)
+    assert_clean_logs(gateways)
+
+
+@pytest.fixture(scope="module")
+def cluster_servers():
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(work_dir, backends, cluster_servers):
+    seeds = ", ".join(f"'{url}'" for url in cluster_servers.seeds)
+    gateways = build_gateways(work_dir, "fleet-cluster", backends["A"], f"cluster: [{seeds}]")
+
+    def call(key, *args):
+        return cluster_servers.call_for_key(key, *args)
+
+    def keys():
+        return [k for node in cluster_servers.nodes for k in node.call("KEYS", "gwc:*")]
+
+    with running(gateways):
+        yield Fleet(gateways, call, "cluster", keys)
+    assert_clean_logs(gateways)
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def fleet(request) -> Fleet:
+    return request.getfixturevalue(request.param)
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+def alternate(gateways: List[Gateway], path: str, headers: Dict[str, str], count: Optional[int] = None,
+              interval_s: float = 0.0, duration_s: Optional[float] = None,
+              stop: Optional[threading.Event] = None) -> List[Response]:
+    """Requests alternating between the gateways, started on a fixed schedule (i * interval_s from the first),
+    until `count` requests, `duration_s` or `stop`."""
+    out: List[Response] = []
+    t0 = time.monotonic()
+    i = 0
+    while (count is None or i < count) and (duration_s is None or time.monotonic() - t0 < duration_s) \
+            and not (stop is not None and stop.is_set()):
+        due = t0 + i * interval_s
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        gw_index = i % len(gateways)
+        out.append(gateways[gw_index].get(path, headers, index=gw_index))
+        i += 1
+    return out
+
+
+def window_bound(responses: List[Response], rate_per_s: float = RATE_PER_S, burst: int = BURST) -> float:
+    """rate * W + burst over the window from the first request's start to the last one's end: it contains the
+    moment Redis decided each of them, so no correct limiter can allow more."""
+    window = responses[-1].ended - responses[0].started
+    return rate_per_s * window + max(burst, 1)
+
+
+def by_status(responses: List[Response]) -> Dict[int, int]:
+    out: Dict[int, int] = {}
+    for r in responses:
+        out[r.status] = out.get(r.status, 0) + 1
+    return out
+
+
+def fresh_client(label: str) -> Dict[str, str]:
+    return {"X-Client": f"{label}-{time.monotonic_ns()}"}
+
+
+# Request sequences with their pacing, and what must hold; run on both gateways alternately.
+SCENARIOS = [
+    pytest.param({"interval_s": 0.004, "duration_s": 3.0, "expect": "bounded"}, id="flood-3s"),
+    pytest.param({"interval_s": 1 / (0.9 * RATE_PER_S), "duration_s": 3.0, "expect": "never_refused"}, id="paced-90pct"),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_two_gateways_enforce_one_limit(fleet: Fleet, scenario) -> None:
+    headers = fresh_client(f"{fleet.kind}-scenario")
+    responses = alternate(fleet.gateways, "/shared", headers, interval_s=scenario["interval_s"],
+                          duration_s=scenario["duration_s"])
+    failed = [r for r in responses if r.error or r.status not in (200, 429)]
+    assert not failed, f"{len(failed)} requests failed, first: {failed[0]}"
+    allowed = [r for r in responses if r.status == 200]
+    if scenario["expect"] == "never_refused":
+        assert len(allowed) == len(responses), f"a client at 90 % of the rate was refused: {by_status(responses)}"
+        return
+    bound = window_bound(responses)
+    assert len(allowed) <= bound, f"{len(allowed)} allowed > rate*W+burst = {bound:.1f} ({by_status(responses)})"
+    # One bucket, not two: each gateway alone would have allowed about as much as the bound.
+    assert len(allowed) >= 0.8 * (bound - BURST), f"only {len(allowed)} allowed of a bound of {bound:.1f}"
+    for index in range(len(fleet.gateways)):
+        statuses = {r.status for r in responses if r.gateway == index}
+        assert statuses == {200, 429}, f"gateway {index} saw {statuses}: the bucket is not shared"
+    refused = next(r for r in responses if r.status == 429)
+    assert not refused_problem_errors(refused, THROTTLED), refused_problem_errors(refused, THROTTLED)
+    assert refused.headers.get("ratelimit", "").startswith('"per-client";r=0;'), refused.headers
+    assert refused.headers.get("ratelimit-policy") == f'"per-client";q={RATE_PER_S};w=1', refused.headers
+    assert all("x-backend" in r.headers for r in allowed)
+
+
+def test_auth_from_the_environment_and_database_selection(standalone: Fleet, standalone_redis: RedisServer) -> None:
+    headers = fresh_client("db")
+    statuses = [r.status for r in alternate(standalone.gateways, "/shared", headers, count=4)]
+    assert statuses == [200] * 4
+    value = headers["X-Client"]
+    limit_id = standalone.gateways[0].limit_id("shared")
+    key = f"gwc:{{h:{hashlib.md5(value.encode()).hexdigest()}}}:r:{limit_id}"
+    assert standalone.redis_call(key, "EXISTS", key) == 1, f"{key} not in db {DATABASE}: {standalone.keys()[:10]}"
+    with standalone_redis.connect() as conn:
+        assert conn.call("KEYS", "gwc:*") == [], "keys landed in db 0"
+    # The server really demands the password the gateways took from their environment.
+    with RedisServer(port=standalone_redis.port).connect() as anonymous:
+        with pytest.raises(Exception, match="NOAUTH"):
+            anonymous.call("GET", key)
+    for gw in standalone.gateways:
+        for path in gw.out_dir.rglob("*"):
+            if path.is_file() and path.suffix in (".conf", ".json", ".lua"):
+                assert PASSWORD not in path.read_text(errors="replace"), f"the password is in {path}"
+
+
+def quota_key(consumer: str, plan: str, now: Optional[float] = None) -> tuple:
+    """(key, period start, period end) of a day quota, as the design names them."""
+    today = dt.datetime.fromtimestamp(now or time.time(), dt.timezone.utc).date()
+    start = calendar.timegm(today.timetuple())
+    return f"gwc:{{c:{consumer}}}:q:{plan}:{start}", start, start + 86400
+
+
+def test_quota_is_shared_by_both_gateways(standalone: Fleet) -> None:
+    key = {"X-API-Key": api_key("alice")}
+    responses = alternate(standalone.gateways, "/quota", key, count=QUOTA)
+    assert [r.status for r in responses] == [200] * QUOTA
+    for index, gw in enumerate(standalone.gateways):
+        over = gw.get("/quota", key, index=index)
+        assert not refused_problem_errors(over, QUOTA_EXCEEDED), (index, refused_problem_errors(over, QUOTA_EXCEEDED))
+        _, _, end = quota_key("alice", "small")
+        # Retry-After is the time to the end of the UTC day.
+        assert abs(int(over.headers["retry-after"]) - (end - time.time())) < 5, over.headers
+        assert over.headers.get("ratelimit", "").startswith('"small-quota";r=0;'), over.headers
+
+
+def test_quota_survives_an_nginx_restart_and_is_a_hash_in_redis(standalone: Fleet) -> None:
+    key = {"X-API-Key": api_key("bob")}
+    first = standalone.gateways[0]
+    assert [first.get("/quota", key).status for _ in range(QUOTA)] == [200] * QUOTA
+    for gw in standalone.gateways:
+        gw.restart()
+    for index, gw in enumerate(standalone.gateways):
+        again = gw.get("/quota", key, index=index)
+        assert not refused_problem_errors(again, QUOTA_EXCEEDED), (index, refused_problem_errors(again, QUOTA_EXCEEDED))
+    name, _, end = quota_key("bob", "small")
+    fields = standalone.redis_call(name, "HGETALL", name)
+    stored = dict(zip(fields[::2], fields[1::2])) if fields else {}
+    assert stored == {"used": str(QUOTA), "limit": str(QUOTA), "reset": str(end)}, (name, stored, standalone.keys())
+    ttl = standalone.redis_call(name, "TTL", name)
+    assert abs(ttl - (end + 60 - time.time())) < 5, ttl
+
+
+# --------------------------------------------------------------------------- Cluster resharding
+
+
+def test_cluster_slot_migration_during_traffic(cluster: Fleet, cluster_servers: RedisCluster) -> None:
+    """The slots of a rate key and of a quota hash move to another master (ASK while migrating, MOVED after)
+    while both gateways serve them: no 5xx, the limit holds throughout and afterwards, and the quota counted
+    every request it allowed (none slipped through on_error)."""
+    headers = fresh_client("reshard")
+    consumer = {"X-API-Key": api_key("erin")}
+    value = headers["X-Client"]
+    rate_tag = f"{{h:{hashlib.md5(value.encode()).hexdigest()}}}"
+    quota_name, _, _ = quota_key("erin", "roomy")
+    slots = [key_slot(rate_tag), key_slot(quota_name)]
+
+    stop = threading.Event()
+    results: Dict[str, List[Response]] = {}
+
+    def loop(label, path, hdrs, interval):
+        results[label] = alternate(cluster.gateways, path, hdrs, interval_s=interval, stop=stop, duration_s=20)
+
+    threads = [threading.Thread(target=loop, args=("rate", "/shared", headers, 0.01)),
+               threading.Thread(target=loop, args=("quota", "/quota", consumer, 0.02))]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.8)
+        migrations = [cluster_servers.begin_migration(slot, cluster_servers.other_master(slot)) for slot in slots]
+        time.sleep(0.6)  # ASK for keys written since begin(), the old owner for the rest
+        for m in migrations:
+            m.migrate_keys()
+        time.sleep(0.6)  # every key on the target: ASK for all of them
+        for m in migrations:
+            m.finish()
+        finished = time.monotonic()
+        time.sleep(2.0)  # MOVED, then the refreshed slot map
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    rate, quota = results["rate"], results["quota"]
+    for label, responses in results.items():
+        failed = [r for r in responses if r.error or r.status >= 500]
+        assert not failed, f"{label}: {len(failed)} failed of {len(responses)}, first: {failed[0]}"
+    allowed = [r for r in rate if r.status == 200]
+    assert len(allowed) <= window_bound(rate), (len(allowed), window_bound(rate), by_status(rate))
+    after = [r for r in rate if r.started > finished]
+    after_allowed = sum(r.status == 200 for r in after)
+    assert after and after_allowed <= window_bound(after), (after_allowed, window_bound(after), by_status(after))
+    assert {r.status for r in after} == {200, 429}, by_status(after)
+    # erin's plan allows 20/s with a burst of 5 against 50 requests/s, so some are throttled; every allowed one counted.
+    quota_allowed = sum(r.status == 200 for r in quota)
+    used = cluster.redis_call(quota_name, "HGET", quota_name, "used")
+    assert used is not None and int(used) == quota_allowed, (used, quota_allowed, by_status(quota))
+    for slot in slots:
+        assert cluster_servers.owner(slot) is not migrations[slots.index(slot)].source
+
+
+# --------------------------------------------------------------------------- Redis down
+
+
+def redis_lines(text: str) -> List[str]:
+    return [line for line in text.splitlines() if "gwc.redis" in line]
+
+
+def test_redis_slow_then_down_under_load_then_back(work_dir, backends) -> None:
+    """Redis paused (SIGSTOP: connections hang, so each call ends at `timeout`), then stopped (refused), then
+    started again on its port, while one client loop runs on an on_error allow gateway and one on a deny gateway."""
+    server = RedisServer().start()
+    try:
+        allow_gw, = build_gateways(work_dir, "fleet-outage-allow", backends["A"],
+                                   f"url: 'redis://127.0.0.1:{server.port}'", count=1, on_error="allow")
+        deny_gw, = build_gateways(work_dir, "fleet-outage-deny", backends["A"],
+                                  f"url: 'redis://127.0.0.1:{server.port}'", count=1, on_error="deny")
+        with running([allow_gw, deny_gw]):
+            _outage_under_load(server, allow_gw, deny_gw)
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.cleanup()
+
+
+def _outage_under_load(server: RedisServer, allow_gw: Gateway, deny_gw: Gateway) -> None:
+    stop = threading.Event()
+    results: Dict[str, List[Response]] = {}
+    # Over the limit on purpose (50/s against 10/s), so "limited" and "not limited" look different.
+    clients = {"allow": fresh_client("outage-allow"), "deny": fresh_client("outage-deny")}
+
+    def loop(label, gw):
+        results[label] = alternate([gw], "/shared", clients[label], interval_s=0.02, stop=stop, duration_s=30)
+
+    threads = [threading.Thread(target=loop, args=("allow", allow_gw)),
+               threading.Thread(target=loop, args=("deny", deny_gw))]
+    phases = {}
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        phases["paused"] = time.monotonic()
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        time.sleep(2.0)
+        phases["stopped"] = time.monotonic()
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+        time.sleep(2.0)
+        phases["restarted"] = time.monotonic()
+        server.start()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=40)
+    grace = 0.5  # requests in flight when a phase changed may see either side of it
+
+    def during(responses, first, last):
+        return [r for r in responses if r.started > first + grace and r.ended < last]
+
+    allow, deny = results["allow"], results["deny"]
+    for label, responses in results.items():
+        broken = [r for r in responses if r.error]
+        assert not broken, f"{label}: {len(broken)} requests missed the {CLIENT_DEADLINE_S}s deadline or broke: {broken[0]}"
+    assert {r.status for r in allow} <= {200, 429}, f"on_error allow: {by_status(allow)}"
+    outage_allow = during(allow, phases["paused"], phases["restarted"])
+    assert outage_allow and {r.status for r in outage_allow} == {200}, by_status(outage_allow)
+    assert 429 in {r.status for r in allow if r.ended < phases["paused"]}, "limited before the outage"
+
+    assert {r.status for r in deny} <= {200, 429, 503}, f"on_error deny: {by_status(deny)}"
+    outage_deny = during(deny, phases["paused"], phases["restarted"])
+    assert outage_deny and {r.status for r in outage_deny} == {503}, by_status(outage_deny)
+    unavailable = outage_deny[0]
+    assert unavailable.headers.get("content-type") == PROBLEM and unavailable.headers.get("retry-after") == "1", unavailable
+    assert unavailable.json.get("status") == 503 and unavailable.json.get("detail") == "The rate limiter is unavailable."
+    assert "x-backend" not in unavailable.headers
+    assert 503 not in {r.status for r in deny if r.ended < phases["paused"]}
+
+    # Recovery without any action: limiting resumes (allow: 429s again; deny: 200s and 429s, no 503).
+    _wait_for_limiting(allow_gw, want={200, 429})
+    _wait_for_limiting(deny_gw, want={200, 429})
+
+    records = {r["request_id"]: r for r in deny_gw_access_records(deny_gw)}
+    reasons = {records[rid]["reason"] for rid in (r.headers.get("x-request-id") for r in outage_deny) if rid in records}
+    assert reasons == {"limit_unavailable"}, reasons
+    for gw, responses in ((allow_gw, allow), (deny_gw, deny)):
+        lines = redis_lines(gw.log_text())
+        workers = max(1, len(gw.nginx.worker_pids()))
+        # Once per 10 s per worker (two phases may each open a line): a handful, not one per failed request.
+        assert 1 <= len(lines) <= 3 * workers, "\n".join(lines[:20])
+        assert len(responses) > 10 * len(lines)
+    assert_clean_logs([allow_gw, deny_gw], allow=lambda line: "gwc.redis" in line)
+
+
+def deny_gw_access_records(gw: Gateway, deadline_s: float = 5.0) -> List[dict]:
+    """The access log is buffered (flush=1s): wait until it holds records."""
+    end = time.monotonic() + deadline_s
+    records = gw.access_records()
+    while not any(r.get("reason") == "limit_unavailable" for r in records) and time.monotonic() < end:
+        time.sleep(0.2)
+        records = gw.access_records()
+    return records
+
+
+def _wait_for_limiting(gw: Gateway, want: set, deadline_s: float = 10.0) -> None:
+    """Until a fresh client's burst of 12 is limited exactly again (at most the burst plus refill passes)."""
+    end = time.monotonic() + deadline_s
+    seen = {}
+    while time.monotonic() < end:
+        burst = alternate([gw], "/shared", fresh_client("recovery"), count=12)
+        seen = by_status(burst)
+        allowed = seen.get(200, 0)
+        if set(seen) == want and allowed <= window_bound(burst):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"limiting did not resume within {deadline_s}s after Redis restarted: last burst {seen}")
