@@ -439,20 +439,24 @@ def latency(servers: List[Tuple[str, Server, str]], st: Settings, backend: Serve
     return out
 
 
-def verify_operations(server: Server, expected: List[Tuple[str, str, int]], deadline_s: float = 6.0) -> None:
+def verify_operations(
+    server: Server, expected: List[tuple], deadline_s: float = 6.0,
+    fields: Tuple[str, ...] = ("operation", "status"), headers: Optional[Dict[str, str]] = None,
+) -> None:
     """Send each path once and confirm, from the JSON access log, that the
-    gateway chose the expected operation ("" for none) and status. The log is
+    gateway chose the expected operation ("" for none) and status, or the
+    log `fields` that follow the path in each expected tuple. The log is
     buffered with flush=1s, so this polls with a deadline."""
     marker = f"verify-{time.time_ns()}"
-    for path, _, _ in expected:
-        req = urllib.request.Request(server.url(path), headers={"User-Agent": marker})
+    for path, *_ in expected:
+        req = urllib.request.Request(server.url(path), headers={**(headers or {}), "User-Agent": marker})
         try:
             urllib.request.urlopen(req, timeout=5).read()
         except urllib.error.HTTPError:
             pass
     log_path = server.nginx.prefix / "logs" / "access.log"
     end = time.monotonic() + deadline_s
-    seen: Dict[str, Tuple[str, int]] = {}
+    seen: Dict[str, tuple] = {}
     while time.monotonic() < end:
         seen = {}
         if log_path.exists():
@@ -462,14 +466,14 @@ def verify_operations(server: Server, expected: List[Tuple[str, str, int]], dead
                 except ValueError:
                     continue
                 if entry.get("user_agent") == marker:
-                    seen[entry["path"]] = (entry.get("operation", ""), entry.get("status"))
+                    seen[entry["path"]] = tuple(entry.get(f, "") for f in fields)
         if len(seen) >= len(expected):
             break
         time.sleep(0.1)
-    for path, op, status in expected:
-        if seen.get(path) != (op, status):
+    for path, *want in expected:
+        if seen.get(path) != tuple(want):
             raise RuntimeError(
-                f"{server.label}: {path} gave (operation, status) {seen.get(path)!r}, expected {(op, status)!r}; "
+                f"{server.label}: {path} gave {fields} {seen.get(path)!r}, expected {tuple(want)!r}; "
                 f"see {server.nginx.error_log}"
             )
 
@@ -762,6 +766,18 @@ class RedisProbe:
             c.close()
 
 
+def _limit_name(path: str) -> str:
+    """The name specs.traffic gives the limit on `path`'s operation."""
+    return "bench-" + path.split("/")[1]
+
+
+def _expected_log(path: str) -> tuple:
+    """(path, operation, status, deciding limit) as the access log of specs.traffic's gateways records them."""
+    prefix = path.split("/")[1]
+    limited = specs.TRAFFIC_ROUTES["/" + prefix][1] is not None
+    return (path, "get_" + prefix.replace("-", "_"), 200, _limit_name(path) if limited else "")
+
+
 def _limit_headers_present(case: Case, limit_name: str) -> None:
     """The limit must run on the case's requests: its IETF headers name it."""
     headers = check_response(case)
@@ -807,12 +823,22 @@ def scenario_traffic(base: Path, st: Settings) -> dict:
             Case("ip_lua", "gwc public, per-IP limit in Lua (IETF headers)", s, "/ip/42"),
             Case("public_native", "gwc (headers: none gateway) public, no limit", n, "/pets/42"),
             Case("ip_native", "gwc public, per-IP limit by nginx limit_req (headers: none)", n, "/ip/42"),
+            # The node limit again without response headers: what the IETF
+            # header variables and two add_header lines cost.
+            Case("key_native", "gwc (headers: none gateway) API key, no limit", n, "/key/42", shaping=key_headers),
+            Case("node_native", "gwc API key, per-consumer limit, node, headers: none", n, "/node/42", shaping=key_headers, note="bucket idle"),
         ]
         by_key = {case.key: case for case in cases}
-        for key in ("node", "node_busy", "fleet", "fleet_cluster", "ip_lua"):
-            name = "bench-" + by_key[key].path.split("/")[1]
-            _limit_headers_present(by_key[key], name)
+        # The logged build of each spec says which limit decided each
+        # request, also where no header shows it (headers: none).
+        api_key = dict([Path(key_headers["GWC_BENCH_HEADERS"]).read_text().strip().split(": ", 1)])
+        for gateway, keys in ((std, ("key", "node", "node_busy", "fleet", "public", "ip_lua")), (clu, ("key_cluster", "fleet_cluster")),
+                              (nat, ("public_native", "key_native", "node_native"))):
+            verify_operations(gateway.logged, [_expected_log(by_key[k].path) for k in keys], fields=("operation", "status", "limit"), headers=api_key)
+        # From here on only the measured (log-off) gateways talk to Redis.
         before = {"standalone": probe_std.connections(), "cluster": probe_clu.connections()}
+        for key in ("node", "node_busy", "fleet", "fleet_cluster", "ip_lua"):
+            _limit_headers_present(by_key[key], _limit_name(by_key[key].path))
         interleaved(cases, st)
         time.sleep(0.2)  # let connections the gateway closed reach the server
         after = {"standalone": probe_std.connections(), "cluster": probe_clu.connections()}
@@ -820,7 +846,8 @@ def scenario_traffic(base: Path, st: Settings) -> dict:
               "wrk_connections": st.connections}
     cs = result["cases"]
     references = {"node": "key", "node_busy": "key", "fleet": "key", "key_cluster": "key", "fleet_cluster": "key_cluster",
-                  "ip_lua": "public", "public_native": "public", "ip_native": "public_native"}
+                  "ip_lua": "public", "public_native": "public", "ip_native": "public_native",
+                  "key_native": "key", "node_native": "key_native"}
     for key, case in cs.items():
         set_ratio(case, "vs_bare", cs["bare"])
         if key in references:
@@ -835,6 +862,12 @@ def scenario_traffic(base: Path, st: Settings) -> dict:
         ]
         for kind in before
     }
+    # Keepalive works when a whole run, checks and warm-up included, opened
+    # no more connections than one worker's pool holds.
+    result["keepalive_ok"] = all(
+        sum(x["accepted_during_run"] for x in rows) <= REDIS_POOL and sum(x["open_after"] for x in rows) <= REDIS_POOL
+        for rows in result["redis_connections"].values()
+    )
     result["all_2xx"] = all(case["unexpected_responses"] == 0 for case in cs.values())
     # A fleet case whose requests did not each run one script measured a
     # skipped limit (on_error: allow), not a Redis round trip.
@@ -1185,7 +1218,8 @@ def markdown(report: dict) -> str:
             + " (1.000 = every request made its one Redis round trip).",
             "",
             f"Redis connections (gateway pool {r['redis_pool']} per worker, one worker, wrk {r['wrk_connections']} connections; "
-            "the bench's own probe connection left out): "
+            "counted from before the first request to after the last, the bench's own probe connection left out; "
+            f"no more than the pool opened and open: {verdict(r['keepalive_ok'])}): "
             + "; ".join(
                 f"{kind}: " + ", ".join(f"{x['server']} {x['open_after']} open after the run, {x['accepted_during_run']} accepted during it" for x in rows)
                 for kind, rows in r["redis_connections"].items()
