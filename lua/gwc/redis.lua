@@ -18,7 +18,6 @@ local timer_at = ngx.timer.at
 local ngx_sleep = ngx.sleep
 local unescape_uri = ngx.unescape_uri
 local sha1_bin = ngx.sha1_bin
-local crc32_short = ngx.crc32_short
 local byte = string.byte
 local sub = string.sub
 local find = string.find
@@ -544,6 +543,14 @@ end
 ---------------------------------------------------------------------------
 -- Public API
 
+local function hex_byte(c)
+    return format("%02x", byte(c))
+end
+
+local function hex(s)
+    return (gsub(s, ".", hex_byte))
+end
+
 -- conf: url | cluster (seed URLs), password, username, timeout (ms), pool,
 -- keepalive_timeout (ms), ssl_verify, server_name (TLS name to verify when
 -- the URL holds an address), breaker (s), error_interval (s), name.
@@ -624,9 +631,9 @@ function _M.new(conf)
     if replies > 0 then
         self.hello, self.hello_replies = concat(hello), replies
     end
-    -- In the pool name instead of the secret itself: pools of different
-    -- credentials must not mix, and pool names can reach debug logs.
-    self.credentials_tag = password and (tostring(crc32_short((user or "") .. "\0" .. password))) or "-"
+    -- A digest in the pool name instead of the secret itself: pools of
+    -- different credentials must not mix, and pool names reach debug logs.
+    self.credentials_tag = password and hex(sha1_bin((user or "") .. "\0" .. password)) or "-"
 
     setmetatable(self, mt)
     if conf.cluster then
@@ -642,16 +649,12 @@ function _M.new(conf)
     return self
 end
 
-local function hex_byte(c)
-    return format("%02x", byte(c))
-end
-
 -- A script object, made once when a module loads: EVALSHA needs the digest.
 function _M.script(source)
     if type(source) ~= "string" then
         return nil, "redis.script: source must be a string"
     end
-    return { source = source, sha = (gsub(sha1_bin(source), ".", hex_byte)) }
+    return { source = source, sha = hex(sha1_bin(source)) }
 end
 
 -- args: { "GET", "k" }. routing_key: the key whose slot picks the Cluster node
