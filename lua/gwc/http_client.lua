@@ -177,7 +177,15 @@ local function exchange(u, method, req, opts, verify, keepalive, timeout, max_bo
     end
     local reused = keepalive and (sock:getreusedtimes() or 0) > 0
     if u.scheme == "https" and not reused then
-        ok, err = sock:sslhandshake(nil, opts.server_name or u.host, verify)
+        -- false, not nil: with nil, resty.core returns the session, which is
+        -- nil when the server sent none, or asserts when ngx_lua 0.10.23
+        -- checked the certificate only after a handshake that did not yield.
+        -- With false it returns true, and a socket that failed verification
+        -- afterwards is already closed, which getreusedtimes() reveals.
+        ok, err = sock:sslhandshake(false, opts.server_name or u.host, verify)
+        if ok and not sock:getreusedtimes() then
+            ok, err = nil, "certificate verification failed"
+        end
         if not ok then
             sock:close()
             return nil, "TLS handshake with " .. u.host .. ": " .. tostring(err)
