@@ -857,7 +857,7 @@ def scenario_traffic(base: Path, st: Settings) -> dict:
     set_ratio(cs["fleet_cluster"], "vs_standalone", cs["fleet"])
     result["redis_connections"] = {
         kind: [
-            {"server": b["server"], "open_after": a["open"], "accepted_during_run": a["accepted"] - b["accepted"]}
+            {"server": b["server"], "open_before": b["open"], "open_after": a["open"], "accepted_during_run": a["accepted"] - b["accepted"]}
             for b, a in zip(before[kind], after[kind])
         ]
         for kind in before
@@ -865,7 +865,7 @@ def scenario_traffic(base: Path, st: Settings) -> dict:
     # Keepalive works when a whole run, checks and warm-up included, opened
     # no more connections than one worker's pool holds.
     result["keepalive_ok"] = all(
-        sum(x["accepted_during_run"] for x in rows) <= REDIS_POOL and sum(x["open_after"] for x in rows) <= REDIS_POOL
+        sum(x["accepted_during_run"] for x in rows) <= REDIS_POOL and sum(x["open_after"] - x["open_before"] for x in rows) <= REDIS_POOL
         for rows in result["redis_connections"].values()
     )
     result["all_2xx"] = all(case["unexpected_responses"] == 0 for case in cs.values())
@@ -1218,10 +1218,13 @@ def markdown(report: dict) -> str:
             + " (1.000 = every request made its one Redis round trip).",
             "",
             f"Redis connections (gateway pool {r['redis_pool']} per worker, one worker, wrk {r['wrk_connections']} connections; "
-            "counted from before the first request to after the last, the bench's own probe connection left out; "
+            "counted from before the measured gateway's first request to after its last, the bench's own probe connection left out; "
+            "a connection open before is the logged build's, left from its verification request; "
             f"no more than the pool opened and open: {verdict(r['keepalive_ok'])}): "
             + "; ".join(
-                f"{kind}: " + ", ".join(f"{x['server']} {x['open_after']} open after the run, {x['accepted_during_run']} accepted during it" for x in rows)
+                f"{kind}: " + ", ".join(
+                    f"{x['server']} {x['open_before']} open before, {x['open_after']} after, {x['accepted_during_run']} accepted in between" for x in rows
+                )
                 for kind, rows in r["redis_connections"].items()
             )
             + ".",
