@@ -265,7 +265,7 @@ def keys_passwd(username: str, path: str, password_stdin: bool) -> None:
 
 
 @cli.command()
-@click.option("--redis", "redis_url", metavar="URL", help="The Redis of x-gateway.redis (redis:// or rediss://), for fleet-scope quotas.")
+@click.option("--redis", "redis_url", metavar="URL", help="The Redis of x-gateway.redis, for fleet-scope quotas: redis://HOST:PORT/DB, or rediss:// (add ?ssl_ca_certs=PATH for a private CA).")
 @click.option("--cluster", is_flag=True, help="--redis names one Redis Cluster node: scan every master.")
 @click.option("--password-env", metavar="NAME", default=None, help="Environment variable holding the Redis password.")
 @click.option("--prefix", default="gwc", show_default=True, help="x-gateway.redis.prefix of the gateways.")

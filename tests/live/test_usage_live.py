@@ -250,3 +250,18 @@ def test_fleet_usage_from_a_redis_cluster(place):
             assert requests.get(f"http://127.0.0.1:{status_port}/usage", timeout=10).json()["usage"] == []
             assert_clean_log(nginx)
         check_reports(["--redis", f"redis://127.0.0.1:{cluster.nodes[0].port}", "--cluster"], counted, "fleet", place)
+
+
+def test_fleet_usage_over_tls_with_a_private_ca(place):
+    """rediss:// as the gateways use it; the report verifies the server against the CA given in the URL."""
+    with RedisServer(tls=True) as redis:
+        start, end = bounds("free", time.time())
+        with redis.connect() as conn:
+            conn.call("HSET", f"gwc:{{c:zed}}:q:free:{start}", "used", 2, "limit", 5, "reset", end)
+            conn.call("HSET", f"gwc:{{c:zed}}:q:free:{start - 86400}", "used", 5, "limit", 5, "reset", start)  # yesterday
+        place.mkdir()
+        unverified = gwc("usage", "--redis", f"rediss://127.0.0.1:{redis.port}", cwd=place)
+        assert unverified.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
+        verified = gwc("usage", "--redis", f"rediss://127.0.0.1:{redis.port}?ssl_ca_certs={redis.ca_path}", "--format", "json", cwd=place)
+        assert verified.returncode == 0, verified.stderr
+        assert json.loads(verified.stdout)["usage"] == expected_rows({("zed", "free"): 2}, time.time())
