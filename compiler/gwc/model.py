@@ -188,7 +188,7 @@ class _Builder:
         self.doc = doc
         self.diags: List[Diagnostic] = []
         self.security = SecurityBuilder(doc, self.diags)
-        self.traffic = TrafficBuilder(self.diags)
+        self.traffic = TrafficBuilder(self.diags, self.security.reachable)
         self.operation_ids: Dict[str, str] = {}  # every declared operation, built or not
         # Document-wide access settings, decided before the operations.
         self.root_requirements = None

@@ -119,6 +119,7 @@ class Redis:
     on_error: str
     prefix: str
     tls_verify: bool
+    server_name: Optional[str] = None
 
     @property
     def tls(self) -> bool:
@@ -133,6 +134,8 @@ class Redis:
             out["cluster"] = list(self.cluster)
         if self.password_env:
             out["password_env"] = self.password_env
+        if self.server_name:
+            out["server_name"] = self.server_name
         return out
 
 
@@ -172,8 +175,9 @@ def header_var(name: str) -> str:
 class TrafficBuilder:
     """Builds the document-wide traffic settings, then each operation's limits."""
 
-    def __init__(self, diags: List[Diagnostic]):
+    def __init__(self, diags: List[Diagnostic], reachable):
         self.diags = diags
+        self.reachable = reachable  # SecurityBuilder.reachable: a host name needs nginx.resolver
         self.redis: Optional[Redis] = None
         self._built: Dict[Tuple[str, str, str], Optional[Tuple[RateLimit, ...]]] = {}
 
@@ -215,8 +219,14 @@ class TrafficBuilder:
         timeout = duration_ms(conf["timeout"])
         if timeout <= 0:
             self.error("GW090", "redis timeout must be above 0", src, "/x-gateway/redis/timeout")
-        return Redis(conf.get("url"), tuple(conf.get("cluster") or ()), conf.get("password_env"), max(timeout, 1),
-                     conf["pool"], conf["on_error"], conf["prefix"], conf["tls_verify"])
+        redis = Redis(conf.get("url"), tuple(conf.get("cluster") or ()), conf.get("password_env"), max(timeout, 1),
+                      conf["pool"], conf["on_error"], conf["prefix"], conf["tls_verify"], conf.get("server_name"))
+        urls = [("/x-gateway/redis/url", redis.url)] if redis.url else [
+            (f"/x-gateway/redis/cluster/{i}", u) for i, u in enumerate(redis.cluster)]
+        for ptr, url in urls:
+            if not self.reachable(url, src, ptr):
+                break
+        return redis
 
     def _plan(self, name: str, conf: dict, src: SourceFile, ptr: str, operation_ids: set) -> Optional[Plan]:
         scope = conf.get("scope") or ("fleet" if self.redis is not None else "node")

@@ -36,7 +36,7 @@ local function redis_client(conf)
     end
     return require("gwc.redis").new({
         url = conf.url, cluster = conf.cluster, password = password, timeout = conf.timeout, pool = conf.pool,
-        ssl_verify = conf.ssl_verify, name = "limits",
+        ssl_verify = conf.ssl_verify, server_name = conf.server_name, name = "limits",
     })
 end
 
