@@ -5,8 +5,8 @@ Gateway CPU per request and latency of gwc-generated configs against bare
 NGINX `proxy_pass` measured in the same run, and the compile time of a
 GitHub-size spec. See bench/README.md.
 
-    python bench/run.py all            # everything (about 11 minutes on 2 cores)
-    python bench/run.py --quick all    # shorter runs, under 2 minutes
+    python bench/run.py all            # everything (about 12 minutes on 2 cores)
+    python bench/run.py --quick all    # shorter runs, under 3 minutes
     python bench/run.py one-route many-routes compile
 """
 from __future__ import annotations
@@ -1327,7 +1327,7 @@ def _latency_table(lat: Dict[str, dict]) -> str:
 def parse_args(argv: List[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenarios", nargs="*", default=["all"], help=f"any of {', '.join(SCENARIOS)}, or all (default)")
-    p.add_argument("--quick", action="store_true", help="short runs (whole suite under 2 minutes); figures are noisier")
+    p.add_argument("--quick", action="store_true", help="short runs (whole suite under 3 minutes); figures are noisier")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 2)")
     p.add_argument("--secs", type=int, help="seconds per wrk run (default 3, quick 1)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
