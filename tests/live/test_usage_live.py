@@ -179,6 +179,17 @@ def test_node_usage_from_the_status_listener(place):
         # The public listener knows no /usage: the router's 404, with or without a key.
         assert requests.get(f"http://127.0.0.1:{port}/usage", timeout=10).status_code == 404
         assert requests.get(f"http://127.0.0.1:{port}/usage", headers={"X-API-Key": keys["bob"]}, timeout=10).status_code == 404
+
+        # The shared dict outlives a reload, and the new workers report it.
+        old_workers = set(nginx.worker_pids())
+        reload = subprocess.run([nginx.binary, "-p", str(nginx.prefix) + "/", "-c", "nginx.conf", "-s", "reload"],
+                                capture_output=True, text=True, timeout=30)
+        assert reload.returncode == 0, reload.stderr
+        deadline = time.monotonic() + 15
+        while set(nginx.worker_pids()) & old_workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not set(nginx.worker_pids()) & old_workers, "the old workers did not exit"
+        check_reports(["--status", f"http://127.0.0.1:{status_port}"], counted, "node", place)
         assert_clean_log(nginx)
 
     gone = gwc("usage", "--status", f"http://127.0.0.1:{status_port}", cwd=place)
