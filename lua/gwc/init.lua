@@ -9,6 +9,7 @@ local access = require "gwc.access"
 local apikeys = require "gwc.apikeys"
 local auth = require "gwc.auth"
 require "gwc.mock"
+require "gwc.status"
 
 local error = error
 local io_open = io.open
