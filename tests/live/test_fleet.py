@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import pytest
 import yaml
 
-from harness import gwc_build, severe_lines
+from harness import Result, gwc_build, severe_lines
 from support.processes import Nginx, free_port, log_since, log_size, parse_response
 from support.redis_servers import RedisCluster, RedisServer, key_slot
 
@@ -62,21 +62,13 @@ def api_key(consumer: str) -> str:
 
 
 @dataclass
-class Response:
-    gateway: int
-    status: int
-    headers: Dict[str, str]
-    body: bytes
-    started: float
-    ended: float
-    error: Optional[str] = None
+class Response(Result):
+    """A response with which gateway answered it and when (time.monotonic()) it was sent and answered."""
 
-    @property
-    def json(self):
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
+    gateway: int = 0
+    started: float = 0.0
+    ended: float = 0.0
+    error: Optional[str] = None
 
 
 def send(port: int, path: str, headers: Optional[Dict[str, str]] = None, gateway: int = 0,
@@ -97,9 +89,9 @@ def send(port: int, path: str, headers: Optional[Dict[str, str]] = None, gateway
                     break
                 data += chunk
         status, resp_headers, body = parse_response(data)
-        return Response(gateway, status, resp_headers, body, started, time.monotonic())
+        return Response(status, resp_headers, body, "", gateway, started, time.monotonic())
     except (OSError, ValueError, IndexError) as exc:
-        return Response(gateway, 0, {}, b"", started, time.monotonic(), error=f"{type(exc).__name__}: {exc}")
+        return Response(0, {}, b"", "", gateway, started, time.monotonic(), error=f"{type(exc).__name__}: {exc}")
 
 
 def refused_problem_errors(resp: Response, want_type: str, want_status: int = 429) -> List[str]:
@@ -566,8 +558,11 @@ def _outage_under_load(server: RedisServer, allow_gw: Gateway, deny_gw: Gateway)
         os.kill(server.proc.pid, signal.SIGSTOP)
         time.sleep(2.0)
         phases["stopped"] = time.monotonic()
+        # Woken up, Redis answers what queued during the pause until SIGTERM ends it: only after it has exited
+        # is it down.
         os.kill(server.proc.pid, signal.SIGCONT)
         server.stop()
+        phases["down"] = time.monotonic()
         time.sleep(2.0)
         phases["restarted"] = time.monotonic()
         server.start()
@@ -581,10 +576,13 @@ def _outage_under_load(server: RedisServer, allow_gw: Gateway, deny_gw: Gateway)
     def during(responses, first, last):
         return [r for r in responses if r.started > first + grace and r.ended < last]
 
+    def outage(responses):
+        return during(responses, phases["paused"], phases["stopped"]) + during(responses, phases["down"], phases["restarted"])
+
     allow, deny = results["allow"], results["deny"]
     for label, responses in results.items():
         for phase, (first, last) in {"healthy": (0, phases["paused"]), "paused": (phases["paused"], phases["stopped"]),
-                                     "stopped": (phases["stopped"], phases["restarted"]),
+                                     "stopped": (phases["down"], phases["restarted"]),
                                      "restarted": (phases["restarted"], float("inf"))}.items():
             part = [r for r in responses if first <= r.started < last]
             slowest = max((r.ended - r.started for r in part), default=0)
@@ -593,12 +591,12 @@ def _outage_under_load(server: RedisServer, allow_gw: Gateway, deny_gw: Gateway)
         broken = [r for r in responses if r.error]
         assert not broken, f"{label}: {len(broken)} requests missed the {CLIENT_DEADLINE_S}s deadline or broke: {broken[0]}"
     assert {r.status for r in allow} <= {200, 429}, f"on_error allow: {by_status(allow)}"
-    outage_allow = during(allow, phases["paused"], phases["restarted"])
+    outage_allow = outage(allow)
     assert outage_allow and {r.status for r in outage_allow} == {200}, by_status(outage_allow)
     assert 429 in {r.status for r in allow if r.ended < phases["paused"]}, "limited before the outage"
 
     assert {r.status for r in deny} <= {200, 429, 503}, f"on_error deny: {by_status(deny)}"
-    outage_deny = during(deny, phases["paused"], phases["restarted"])
+    outage_deny = outage(deny)
     assert outage_deny and {r.status for r in outage_deny} == {503}, by_status(outage_deny)
     unavailable = outage_deny[0]
     assert unavailable.headers.get("content-type") == PROBLEM and unavailable.headers.get("retry-after") == "1", unavailable
