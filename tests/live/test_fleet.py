@@ -397,14 +397,18 @@ def quota_key(consumer: str, plan: str, now: Optional[float] = None) -> tuple:
     return f"gwc:{{c:{consumer}}}:q:{plan}:{start}", start, start + 86400
 
 
-def test_quota_is_shared_by_both_gateways(standalone: Fleet) -> None:
+def test_quota_is_shared_by_both_gateways(fleet: Fleet) -> None:
     key = {"X-API-Key": api_key("alice")}
-    responses = alternate(standalone.gateways, "/quota", key, count=QUOTA)
+    responses = alternate(fleet.gateways, "/quota", key, count=QUOTA)
     assert [r.status for r in responses] == [200] * QUOTA
-    for index, gw in enumerate(standalone.gateways):
+    # Each gateway's answer counts the other's requests too.
+    remaining = [re.match(r'"small-quota";r=([0-9]+);', r.headers.get("ratelimit", "")) for r in responses]
+    assert [int(m.group(1)) if m else None for m in remaining] == list(range(QUOTA - 1, -1, -1)), \
+        [r.headers.get("ratelimit") for r in responses]
+    _, _, end = quota_key("alice", "small")
+    for index, gw in enumerate(fleet.gateways):
         over = gw.get("/quota", key, index=index)
         assert not refused_problem_errors(over, QUOTA_EXCEEDED), (index, refused_problem_errors(over, QUOTA_EXCEEDED))
-        _, _, end = quota_key("alice", "small")
         # Retry-After is the time to the end of the UTC day.
         assert abs(int(over.headers["retry-after"]) - (end - time.time())) < 5, over.headers
         assert over.headers.get("ratelimit", "").startswith('"small-quota";r=0;'), over.headers
