@@ -703,3 +703,102 @@ def test_access_log(variant: str, pool: Pool) -> None:
 
 def test_every_variant_has_cases() -> None:
     assert {c.spec for c in CASES} == set(VARIANTS)
+
+
+# --------------------------------------------------------------------------- generated config
+
+
+def _locations(out_dir: Path) -> Dict[str, str]:
+    """operationId -> the text of its generated location block."""
+    conf = (out_dir / "conf.d" / "gateway.conf").read_text()
+    blocks = dict(re.findall(r"\n\s*location = gw:([A-Za-z0-9_]+) \{\n(.*?)\n    \}", conf, re.S))
+    routes = json.loads((out_dir / "lua" / "gwc" / "data" / "routes.json").read_text())
+    return {op["id"]: blocks[op["loc"]] for op in routes["operations"]}
+
+
+NATIVE_IN_NONE = {"perIp", "perRoute", "everyone", "multi", "down", "paceIp", "burstIp"}
+
+
+@pytest.mark.parametrize("variant", ["none", "ietf"])
+def test_native_limit_req_where_exact(variant: str, pool: Pool) -> None:
+    """headers: none puts node-scope ip/route/global limits in nginx's limit_req, with no Lua where nothing
+    else needs it; every other mode keeps them in Lua for the headers."""
+    gw = pool.get(variant)
+    locations = _locations(gw.out_dir)
+    conf = (gw.out_dir / "conf.d" / "gateway.conf").read_text()
+    errs = []
+    for op, block in sorted(locations.items()):
+        native = variant == "none" and op in NATIVE_IN_NONE
+        if native and ("limit_req zone=" not in block or "access_by_lua" in block):
+            errs.append(f"{op}: expected limit_req and no access_by_lua:\n{block}")
+        if not native and "limit_req zone=" in block:
+            errs.append(f"{op}: limit_req where Lua must count:\n{block}")
+        if not native and op != "unlimited" and "access_by_lua" not in block:
+            errs.append(f"{op}: no access_by_lua, but its limits run in Lua:\n{block}")
+    if variant == "none":
+        m = re.search(r"limit_req zone=\S+ burst=(\d+) nodelay;", locations["perIp"])
+        if not m or m.group(1) != "2":
+            errs.append(f"perIp (burst 3) needs limit_req burst=2 nodelay: {locations['perIp']}")
+        if "limit_req_status 429;" not in conf:
+            errs.append("limit_req_status 429 missing")
+        if "RateLimit" in conf:
+            errs.append("headers: none must not add RateLimit headers")
+    elif "limit_req" in conf:
+        errs.append(f"{variant}: limit_req in the config, though the headers need the counts")
+    assert not errs, "\n".join(errs)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ietf", "none"])
+def test_counters_survive_reload_and_unchanged_limits_survive_rebuild(mode: str, work_dir: Path, backend: CountingBackend,
+                                                                     target: str) -> None:
+    d = work_dir / f"traffic-state-{mode}"
+    d.mkdir()
+    port = free_port()
+    spec = d / "api.yaml"
+    out = d / "out"
+
+    def build(changed_rate: str) -> None:
+        render(STATE_TEMPLATE, {"__HEADERS__": mode, "__BACKEND__": str(backend.port), "__CHANGED_RATE__": changed_rate}, spec)
+        harness.gwc_build(spec, out, f"127.0.0.1:{port}", target)
+
+    client = new_client_address()
+    tenant = uuid.uuid4().hex
+
+    def get(path: str, headers: Optional[dict] = None) -> Tuple[int, dict]:
+        data = harness.build_request({"path": path, "headers": headers or {}})
+        status, h, _ = request_from(client, port, data)
+        return status, h
+
+    def statuses(path: str, n: int, headers: Optional[dict] = None) -> List[int]:
+        return [get(path, headers)[0] for _ in range(n)]
+
+    build("3/min")
+    gw = Gateway(mode, port, out, Nginx(out).start([port]), {})
+    tenant_headers = {"X-Tenant": tenant}
+    try:
+        assert statuses("/kept", 3) == [200, 200, 429]
+        assert statuses("/changed", 3) == [200, 200, 429]
+        assert statuses("/tenant", 3, tenant_headers) == [200, 200, 429]
+
+        gw.reload()
+        assert statuses("/kept", 1) == [429], "an exhausted bucket is refilled by nginx -s reload"
+        assert statuses("/changed", 1) == [429], "an exhausted bucket is refilled by nginx -s reload"
+        assert statuses("/tenant", 1, tenant_headers) == [429], "an exhausted bucket is refilled by nginx -s reload"
+
+        build("6/min")  # /changed's limit changes; /kept's and /tenant's do not
+        gw.reload()
+        assert statuses("/kept", 1) == [429], "a rebuild reset the counters of a limit it did not change"
+        assert statuses("/tenant", 1, tenant_headers) == [429], "a rebuild reset the counters of a limit it did not change"
+        status, h = get("/changed")
+        assert status == 200, "a changed limit starts afresh"
+        if mode == "ietf":
+            assert h.get("ratelimit-policy") == '"changed";q=6;w=60'
+            assert h.get("ratelimit") == '"changed";r=1;t=10', h
+    finally:
+        gw.nginx.stop()
+    bad = harness.severe_lines(log_since(gw.error_log, 0))
+    assert not bad, "\n".join(bad)

@@ -372,3 +372,199 @@ def test_default_contradicting_its_schema_is_a_located_warning(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "api.yaml:10:87: warning[GW013]: default \"1\" does not match its own schema" in proc.stderr
     assert "(at /paths/~1a/get/parameters/0/schema/default)" in proc.stderr
+
+
+# --------------------------------------------------------------------------- traffic (issue 9)
+
+# Cases as above, plus `files` (more files next to the spec), `diag_file`
+# (the file the diagnostic names, default the spec) and `xfail` (a known bug).
+# A `rate_limit` is one limit or a list (oneOf): its schema errors must name
+# the member that is wrong, not the branch whose type does not fit.
+OPERATION_A = "paths:\n  /a:\n    get:\n      operationId: getA\n      responses: {'200': {description: ok}}\n"
+ONEOF_BUG = ("bug: validate._schema_error_diags explains a oneOf failure by the context error with the shortest path "
+             "(the type mismatch of the other branch: \"is not of type 'array'\"), at the parent pointer, instead of the "
+             "error inside the branch whose type fits the value")
+TRAFFIC_CASES = [
+    {
+        "name": "traffic-rate-zero",
+        "spec": HEADER + UPSTREAM + "  rate_limit: {rate: 0/s}\n" + OPERATION_A,
+        "code": "GW090",
+        "pointer": "/x-gateway/rate_limit/rate",
+        "line": 7,
+        "message": "a rate of 0 admits nothing",
+    },
+    {
+        "name": "traffic-rate-zero-in-operation-list",
+        "spec": HEADER + UPSTREAM + OPERATION_A + "      x-gateway: {rate_limit: [{rate: 5/s}, {rate: 0/min}]}\n",
+        "code": "GW090",
+        "pointer": "/paths/~1a/get/x-gateway/rate_limit/1/rate",
+        "line": 12,
+    },
+    {
+        "name": "traffic-rate-unparsable",
+        "spec": HEADER + UPSTREAM + "  rate_limit: {rate: 10/day}\n" + OPERATION_A,
+        "code": "GW021",
+        "pointer": "/x-gateway/rate_limit/rate",
+        "line": 7,
+        "message": "'10/day' does not match",
+        "xfail": ONEOF_BUG,
+    },
+    {
+        "name": "traffic-rate-unparsable-in-list",
+        "spec": HEADER + UPSTREAM + "  rate_limit: [{rate: 10/s}, {rate: ten/s}]\n" + OPERATION_A,
+        "code": "GW021",
+        "pointer": "/x-gateway/rate_limit/1/rate",
+        "message": "'ten/s' does not match",
+        "xfail": ONEOF_BUG,
+    },
+    {
+        "name": "traffic-rate-unparsable-code-and-line",
+        "spec": HEADER + UPSTREAM + "  rate_limit: {rate: 10/day}\n" + OPERATION_A,
+        "code": "GW021",
+        "line": 7,
+    },
+    {
+        "name": "traffic-plan-rate-unparsable",
+        "spec": HEADER + UPSTREAM + "  plans: {free: {rate: 1/day}}\n" + OPERATION_A,
+        "code": "GW021",
+        "pointer": "/x-gateway/plans/free/rate",
+        "line": 7,
+        "message": "'1/day' does not match",
+    },
+    {
+        "name": "traffic-burst-negative",
+        "spec": HEADER + UPSTREAM + "  rate_limit: {rate: 10/s, burst: -1}\n" + OPERATION_A,
+        "code": "GW021",
+        "pointer": "/x-gateway/rate_limit/burst",
+        "message": "-1 is less than the minimum of 0",
+        "xfail": ONEOF_BUG,
+    },
+    {
+        "name": "traffic-plan-burst-negative",
+        "spec": HEADER + UPSTREAM + "  plans: {free: {rate: 1/s, burst: -2}}\n" + OPERATION_A,
+        "code": "GW021",
+        "pointer": "/x-gateway/plans/free/burst",
+        "line": 7,
+        "message": "-2 is less than the minimum of 0",
+    },
+    {
+        "name": "traffic-fleet-without-redis",
+        "spec": HEADER + UPSTREAM + "  rate_limit: {rate: 10/s, scope: fleet}\n" + OPERATION_A,
+        "code": "GW091",
+        "pointer": "/x-gateway/rate_limit/scope",
+        "line": 7,
+    },
+    {
+        "name": "traffic-plan-fleet-without-redis",
+        "spec": HEADER + UPSTREAM + "  plans: {free: {rate: 1/s, scope: fleet}}\n" + OPERATION_A,
+        "code": "GW091",
+        "pointer": "/x-gateway/plans/free/scope",
+        "line": 7,
+    },
+    {
+        "name": "traffic-unknown-key-source",
+        "spec": HEADER + UPSTREAM + "  rate_limit: {rate: 10/s, key: cookie.session}\n" + OPERATION_A,
+        "code": "GW021",
+        "pointer": "/x-gateway/rate_limit/key",
+        "message": "'cookie.session' does not match",
+        "xfail": ONEOF_BUG,
+    },
+    {
+        "name": "traffic-unknown-key-source-code-and-line",
+        "spec": HEADER + UPSTREAM + OPERATION_A + "      x-gateway: {rate_limit: {rate: 10/s, key: cookie.session}}\n",
+        "code": "GW021",
+        "line": 12,
+    },
+    {
+        "name": "traffic-duplicate-limit-names",
+        "spec": HEADER + UPSTREAM + "  rate_limit: [{name: a, rate: 1/s}, {name: a, rate: 2/s}]\n" + OPERATION_A,
+        "code": "GW090",
+        "pointer": "/x-gateway/rate_limit/1/name",
+        "line": 7,
+    },
+    {
+        "name": "traffic-plan-claim-on-api-key-scheme",
+        "spec": HEADER + UPSTREAM + "security: [{k: []}]\ncomponents:\n  securitySchemes:\n"
+                "    k: {type: apiKey, in: header, name: X-K, x-gateway: {plan_claim: plan}}\n" + OPERATION_A,
+        "code": "GW093",
+        "pointer": "/components/securitySchemes/k/x-gateway/plan_claim",
+        "line": 10,
+        "message": "plan_claim needs a JWT scheme",
+    },
+    {
+        "name": "traffic-key-file-names-undeclared-plan",
+        "spec": HEADER + UPSTREAM + "  keys: keys.yaml\n  plans: {free: {rate: 1/s}}\nsecurity: [{k: []}]\ncomponents:\n"
+                "  securitySchemes:\n    k: {type: apiKey, in: header, name: X-K}\n" + OPERATION_A,
+        "files": {"keys.yaml": "consumers:\n- id: alice\n  key_sha256: " + "ab" * 32 + "\n  plan: gold\n  enabled: true\n"},
+        "diag_file": "keys.yaml",
+        "code": "GW092",
+        "pointer": "/consumers/0/plan",
+        "line": 4,
+        "message": "consumer plan 'gold' is not declared",
+    },
+    {
+        "name": "traffic-default-plan-undeclared",
+        "spec": HEADER + UPSTREAM + "  plans: {free: {rate: 1/s}}\n  default_plan: gold\n" + OPERATION_A,
+        "code": "GW092",
+        "pointer": "/x-gateway/default_plan",
+        "line": 8,
+        "message": "default_plan 'gold' is not a declared plan",
+    },
+    {
+        "name": "traffic-plan-operation-unknown",
+        "spec": HEADER + UPSTREAM + "  plans: {free: {rate: 1/s, operations: {getB: {rate: 1/s}}}}\n" + OPERATION_A,
+        "code": "GW092",
+        "pointer": "/x-gateway/plans/free/operations/getB",
+        "line": 7,
+        "message": "'getB'",
+    },
+    {
+        "name": "traffic-week-quota-offset-out-of-range",
+        "spec": HEADER + UPSTREAM + "  plans: {free: {quota: {limit: 10, period: week, offset: 7}}}\n" + OPERATION_A,
+        "code": "GW090",
+        "pointer": "/x-gateway/plans/free/quota/offset",
+        "line": 7,
+        "message": "at most 6",
+    },
+    {
+        "name": "traffic-day-quota-offset",
+        "spec": HEADER + UPSTREAM + "  plans: {free: {quota: {limit: 10, period: day, offset: 1}}}\n" + OPERATION_A,
+        "code": "GW090",
+        "pointer": "/x-gateway/plans/free/quota/offset",
+        "message": "at most 0",
+    },
+    {
+        "name": "traffic-month-quota-offset-beyond-schema",
+        "spec": HEADER + UPSTREAM + "  plans: {free: {quota: {limit: 10, period: month, offset: 28}}}\n" + OPERATION_A,
+        "code": "GW021",
+        "pointer": "/x-gateway/plans/free/quota/offset",
+        "line": 7,
+        "message": "28 is greater than the maximum of 27",
+    },
+    {
+        "name": "traffic-redis-url-and-cluster",
+        "spec": HEADER + UPSTREAM + "  redis: {url: 'redis://127.0.0.1:6379', cluster: ['redis://127.0.0.1:7000']}\n" + OPERATION_A,
+        "code": "GW021",
+        "pointer": "/x-gateway/redis",
+        "line": 7,
+    },
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.xfail(strict=True, reason=c["xfail"])] if c.get("xfail") else [])
+                                  for c in TRAFFIC_CASES], ids=[c["name"] for c in TRAFFIC_CASES])
+def test_bad_traffic_spec_is_a_diagnostic(case, tmp_path):
+    for name, text in (case.get("files") or {}).items():
+        (tmp_path / name).write_text(text)
+    if "diag_file" not in case:
+        return test_bad_spec_is_a_diagnostic(case, tmp_path)
+    (tmp_path / "api.yaml").write_text(case["spec"])
+    proc = _gwc("build", "api.yaml", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "out").exists()
+    matching = [m.groupdict() for m in _DIAG.finditer(proc.stderr) if m.group("code") == case["code"]]
+    assert matching, proc.stderr
+    d = matching[0]
+    assert (d["file"], int(d["line"]), d["ptr"]) == (case["diag_file"], case["line"], case["pointer"]), proc.stderr
+    assert case["message"] in d["msg"], proc.stderr
