@@ -509,6 +509,68 @@ def command_calls(node) -> Dict[str, int]:
     return out
 
 
+def client_on(cluster_servers: RedisCluster, node, label: str) -> Dict[str, str]:
+    """An X-Client value whose rate key lives on `node` (or, with node None, on any other master)."""
+    for i in range(10000):
+        value = f"{label}-{i}"
+        owner = cluster_servers.key_owner(f"{{h:{hashlib.md5(value.encode()).hexdigest()}}}")
+        if (owner is node) if node is not None else (owner is not cluster_servers.nodes[0]):
+            return {"X-Client": value}
+    raise LookupError(f"no {label} value for {node}")
+
+
+def test_cluster_master_down_then_back(work_dir, backends) -> None:
+    """One of three masters stops (no replicas) under load on an on_error deny gateway: its keys get 503
+    limit_unavailable at once, the keys of the live masters stay limited until the cluster declares itself
+    down (CLUSTERDOWN, also 503, never another 5xx); once the master is back, limiting resumes everywhere."""
+    with RedisCluster() as servers:
+        seeds = ", ".join(f"'{url}'" for url in servers.seeds)
+        gw, = build_gateways(work_dir, "fleet-cluster-down", backends["A"], f"cluster: [{seeds}]", count=1,
+                             on_error="deny")
+        victim = servers.nodes[0]
+        clients = {"dead": client_on(servers, victim, "dead"), "live": client_on(servers, None, "live")}
+        with running([gw]):
+            stop = threading.Event()
+            results: Dict[str, List[Response]] = {}
+
+            def loop(label):
+                results[label] = alternate([gw], "/shared", clients[label], interval_s=0.02, stop=stop, duration_s=30)
+
+            threads = [threading.Thread(target=loop, args=(label,)) for label in clients]
+            for th in threads:
+                th.start()
+            try:
+                time.sleep(1.0)
+                stopping = time.monotonic()
+                victim.stop()
+                down = time.monotonic()
+                time.sleep(1.0)
+                victim.start()
+                servers.wait_ok(deadline_s=20)
+                back = time.monotonic()
+            finally:
+                stop.set()
+                for th in threads:
+                    th.join(timeout=40)
+            for label, responses in results.items():
+                broken = [r for r in responses if r.error or r.status not in (200, 429, 503)]
+                assert not broken, f"{label}: {len(broken)} requests broke: {broken[0]}"
+                print(f"cluster master down, {label} key: before {by_status([r for r in responses if r.ended < stopping])}, "
+                      f"down {by_status([r for r in responses if down <= r.started < back])}")
+            before = [r for r in results["dead"] + results["live"] if r.ended < stopping]
+            assert {r.status for r in before} == {200, 429}, by_status(before)
+            # A stopped node refuses connections at once; the others only call it failed after cluster-node-timeout
+            # (2 s), so in the first second its keys alone are unavailable.
+            dead = [r for r in results["dead"] if down + 0.3 < r.started and r.ended < down + 1.0]
+            live = [r for r in results["live"] if down + 0.3 < r.started and r.ended < down + 1.0]
+            assert dead and {r.status for r in dead} == {503}, by_status(dead)
+            assert live and {r.status for r in live} <= {200, 429}, by_status(live)
+            for label, node in (("dead", victim), ("live", None)):
+                _wait_for_limiting(gw, want={200, 429},
+                                   new_client=lambda: client_on(servers, node, f"again-{label}-{time.monotonic_ns()}"))
+        assert_clean_logs([gw], allow=redis_line)
+
+
 # --------------------------------------------------------------------------- Redis down
 
 
@@ -625,12 +687,13 @@ def _outage_under_load(server: RedisServer, allow_gw: Gateway, deny_gw: Gateway)
     assert_clean_logs([allow_gw, deny_gw], allow=redis_line)
 
 
-def _wait_for_limiting(gw: Gateway, want: set, deadline_s: float = 10.0) -> None:
+def _wait_for_limiting(gw: Gateway, want: set, deadline_s: float = 10.0,
+                       new_client: Callable[[], Dict[str, str]] = lambda: fresh_client("recovery")) -> None:
     """Until a fresh client's burst of 12 is limited exactly again (at most the burst plus refill passes)."""
     end = time.monotonic() + deadline_s
     seen = {}
     while time.monotonic() < end:
-        burst = alternate([gw], "/shared", fresh_client("recovery"), count=12)
+        burst = alternate([gw], "/shared", new_client(), count=12)
         seen = by_status(burst)
         allowed = seen.get(200, 0)
         if set(seen) == want and allowed <= window_bound(burst):
