@@ -21,7 +21,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -231,7 +231,16 @@ class Fleet:
     gateways: List[Gateway]
     redis_call: Callable[..., object]      # a command on the node that holds `key` (first argument)
     kind: str
-    keys: Callable[[], List[str]] = field(default=lambda: [])
+    keys: Callable[[], List[str]]
+    servers: List[RedisServer]
+
+    def connections_received(self) -> int:
+        """Connections the Redis servers have accepted since they started."""
+        total = 0
+        for server in self.servers:
+            info = server.call("INFO", "stats")
+            total += int(re.search(r"total_connections_received:([0-9]+)", info).group(1))
+        return total
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +263,7 @@ def standalone(work_dir, backends, standalone_redis):
         return call("", "KEYS", "gwc:*")
 
     with running(gateways):
-        yield Fleet(gateways, call, "standalone", keys)
+        yield Fleet(gateways, call, "standalone", keys, [standalone_redis])
     assert_clean_logs(gateways)
 
 
@@ -276,7 +285,7 @@ def cluster(work_dir, backends, cluster_servers):
         return [k for node in cluster_servers.nodes for k in node.call("KEYS", "gwc:*")]
 
     with running(gateways):
-        yield Fleet(gateways, call, "cluster", keys)
+        yield Fleet(gateways, call, "cluster", keys, list(cluster_servers.nodes))
     assert_clean_logs(gateways)
 
 
@@ -336,12 +345,19 @@ SCENARIOS = [
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_two_gateways_enforce_one_limit(fleet: Fleet, scenario) -> None:
     headers = fresh_client(f"{fleet.kind}-scenario")
+    connections = fleet.connections_received()
     responses = alternate(fleet.gateways, "/shared", headers, interval_s=scenario["interval_s"],
                           duration_s=scenario["duration_s"])
+    # Keep-alive pooling: a worker opens a connection to a node once, not once per request
+    # (a few more as the test's own INFO connections and a key's slot changing node).
+    opened = fleet.connections_received() - connections
+    workers = sum(len(gw.nginx.worker_pids()) for gw in fleet.gateways)
+    assert opened <= workers * len(fleet.servers) + 2 * len(fleet.servers), (opened, len(responses))
     failed = [r for r in responses if r.error or r.status not in (200, 429)]
     assert not failed, f"{len(failed)} requests failed, first: {failed[0]}"
     allowed = [r for r in responses if r.status == 200]
-    print(f"{fleet.kind} {scenario}: {by_status(responses)}, bound {window_bound(responses):.1f}")
+    print(f"{fleet.kind} {scenario}: {by_status(responses)}, bound {window_bound(responses):.1f}, "
+          f"{opened} Redis connections opened")
     if scenario["expect"] == "never_refused":
         assert len(allowed) == len(responses), f"a client at 90 % of the rate was refused: {by_status(responses)}"
         return
@@ -390,6 +406,26 @@ def test_a_gateway_without_the_password_variable_does_not_start(work_dir, backen
             gw.start()
 
 
+def test_a_reload_keeps_the_redis_client_and_its_counters(standalone: Fleet) -> None:
+    """`nginx -s reload` runs init again in the master: the password still comes from its environment."""
+    gw = standalone.gateways[0]
+    client = fresh_client("reload")
+    assert [gw.get("/slow", client).status for _ in range(3)] == [200, 200, 429]
+    old_workers = set(gw.nginx.worker_pids())
+    gw.nginx.proc.send_signal(signal.SIGHUP)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        workers = set(gw.nginx.worker_pids())
+        if workers and not workers & old_workers:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"no new workers within 10s of SIGHUP: {gw.log_text()[-1500:]}")
+    after = gw.get("/slow", client)
+    assert not refused_problem_errors(after, THROTTLED), refused_problem_errors(after, THROTTLED)
+    assert gw.get("/slow", fresh_client("reload")).status == 200
+
+
 def quota_key(consumer: str, plan: str, now: Optional[float] = None) -> tuple:
     """(key, period start, period end) of a day quota, as the design names them."""
     today = dt.datetime.fromtimestamp(now or time.time(), dt.timezone.utc).date()
@@ -416,21 +452,38 @@ def test_quota_is_shared_by_both_gateways(fleet: Fleet) -> None:
         assert (record["reason"], record["limit"], record["consumer"]) == ("quota_exceeded", "small-quota", "alice"), record
 
 
-def test_quota_survives_an_nginx_restart_and_is_a_hash_in_redis(standalone: Fleet) -> None:
+def test_counters_survive_an_nginx_restart_and_are_stored_as_designed(standalone: Fleet) -> None:
+    """A used-up quota and an empty bucket (6/min, burst 2: ten seconds a token) stay so when both gateways
+    restart; in Redis the quota is a hash (used, limit, reset) expiring a minute after its period, and the bucket
+    a TAT expiring a second after it is full again."""
     key = {"X-API-Key": api_key("bob")}
+    client = fresh_client("slow")
     first = standalone.gateways[0]
     assert [first.get("/quota", key).status for _ in range(QUOTA)] == [200] * QUOTA
+    assert [r.status for r in alternate(standalone.gateways, "/slow", client, count=3)] == [200, 200, 429]
     for gw in standalone.gateways:
         gw.restart()
     for index, gw in enumerate(standalone.gateways):
         again = gw.get("/quota", key, index=index)
         assert not refused_problem_errors(again, QUOTA_EXCEEDED), (index, refused_problem_errors(again, QUOTA_EXCEEDED))
+        slow = gw.get("/slow", client, index=index)
+        assert not refused_problem_errors(slow, THROTTLED), (index, refused_problem_errors(slow, THROTTLED))
+        assert 1 <= int(slow.headers["retry-after"]) <= 10, slow.headers
+
     name, _, end = quota_key("bob", "small")
     fields = standalone.redis_call(name, "HGETALL", name)
     stored = dict(zip(fields[::2], fields[1::2])) if fields else {}
     assert stored == {"used": str(QUOTA), "limit": str(QUOTA), "reset": str(end)}, (name, stored, standalone.keys())
     ttl = standalone.redis_call(name, "TTL", name)
     assert abs(ttl - (end + 60 - time.time())) < 5, ttl
+
+    bucket = f"gwc:{{h:{hashlib.md5(client['X-Client'].encode()).hexdigest()}}}:r:{first.limit_id('slow')}"
+    tat_ms = float(standalone.redis_call(bucket, "GET", bucket))
+    now_ms = time.time() * 1000
+    # Two requests on an idle bucket push the TAT two intervals (20 s) ahead of the first.
+    assert 10_000 < tat_ms - now_ms <= 20_000, tat_ms - now_ms
+    pttl = standalone.redis_call(bucket, "PTTL", bucket)
+    assert abs(pttl - (tat_ms + 1000 - now_ms)) < 2000, (pttl, tat_ms - now_ms)
 
 
 # --------------------------------------------------------------------------- Cluster resharding
