@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -29,10 +30,12 @@ import pytest
 import yaml
 
 from harness import Result, gwc_build, severe_lines
-from support.processes import Nginx, free_port, log_since, log_size, parse_response
+from support.processes import Nginx, free_port, log_since, parse_response
 from support.redis_servers import RedisCluster, RedisServer, key_slot
 
-pytestmark = [pytest.mark.live, pytest.mark.slow]
+pytestmark = [pytest.mark.live, pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
+                                 reason="redis-server and redis-cli are not installed")]
 
 SPEC = Path(__file__).resolve().parent / "specs" / "fleet.yaml"
 PASSWORD_ENV = "GWC_FLEET_REDIS_PASSWORD"
