@@ -324,6 +324,13 @@ local function build_entry(op_id, op_limits, plan)
     }
 end
 
+-- At module level: a closure created inside entry_policy would make each of
+-- its returns run UCLO, which LuaJIT does not compile, aborting the traces
+-- through check() and access.run().
+local function by_order(a, b)
+    return a.order < b.order
+end
+
 local function entry_policy(entry)
     local quota = entry.quota
     if entry.policy and (not quota or entry.policy_start == quota.start_s) then
@@ -336,7 +343,7 @@ local function entry_policy(entry)
     for i = 1, #entry.fleet do
         lims[#lims + 1] = entry.fleet[i]
     end
-    sort(lims, function(a, b) return a.order < b.order end)
+    sort(lims, by_order)
     for i = 1, #lims do
         items[i] = lims[i].policy
     end
@@ -419,48 +426,53 @@ local function key_source(lim, consumer, claims)
     return "ip:", nil
 end
 
-local function node_key(lim, addr, consumer, claims)
+-- Read only when a key needs it: most limits of authenticated operations count by consumer.
+local function client_addr()
+    return var.remote_addr or ""
+end
+
+local function node_key(lim, consumer, claims)
     local fixed = lim.node_key
     if fixed then
         return fixed
     end
     local tag, value = key_source(lim, consumer, claims)
-    return lim.node_prefix .. tag .. (value or addr)
+    return lim.node_prefix .. tag .. (value or client_addr())
 end
 
 -- The Redis hash tag (Cluster slot) of a limit for this request: a consumer's
 -- plan limits and quota share `c:<consumer>`; claim and header values are
 -- hashed so any value makes a short, brace-free tag.
-local function fleet_tag(lim, addr, consumer, claims)
+local function fleet_tag(lim, consumer, claims)
     local fixed = lim.fixed_tag
     if fixed then
         return fixed
     end
     local tag, value = key_source(lim, consumer, claims)
     if not value then
-        return "ip:" .. addr
+        return "ip:" .. client_addr()
     elseif tag == "c:" then
         return "c:" .. value
     end
     return tag .. md5(tostring(value))
 end
 
-local function quota_node_key(quota, addr, consumer)
+local function quota_node_key(quota, consumer)
     if consumer then
         return quota.node_prefix .. consumer
     end
-    return quota.node_prefix .. "ip:" .. addr
+    return quota.node_prefix .. "ip:" .. client_addr()
 end
 
 -- Node limits 1..upto were charged; take the charges back.
-local function undo_node(entry, upto, quota_charged, addr, consumer, claims)
+local function undo_node(entry, upto, quota_charged, consumer, claims)
     local node = entry.node
     for i = 1, upto do
         local lim = node[i]
-        dict:incr(node_key(lim, addr, consumer, claims), -lim.interval)
+        dict:incr(node_key(lim, consumer, claims), -lim.interval)
     end
     if quota_charged then
-        dict:incr(quota_node_key(entry.quota, addr, consumer), -1)
+        dict:incr(quota_node_key(entry.quota, consumer), -1)
     end
 end
 
@@ -526,7 +538,7 @@ local function group_for(groups, by_tag, tag)
     return group
 end
 
-local function fleet_groups(entry, addr, consumer, claims)
+local function fleet_groups(entry, consumer, claims)
     local groups, by_tag = {}, {}
     local fleet = entry.fleet
     local quota = entry.quota
@@ -535,7 +547,7 @@ local function fleet_groups(entry, addr, consumer, claims)
     end
     for i = 1, #fleet do
         local lim = fleet[i]
-        local tag = fleet_tag(lim, addr, consumer, claims)
+        local tag = fleet_tag(lim, consumer, claims)
         local group = group_for(groups, by_tag, tag)
         local n = #group.rates + 1
         group.rates[n] = lim
@@ -546,7 +558,7 @@ local function fleet_groups(entry, addr, consumer, claims)
         args[#args + 1] = lim.redis_tau
     end
     if quota then
-        local tag = fleet_tag(quota, addr, consumer, claims)
+        local tag = fleet_tag(quota, consumer, claims)
         local group = group_for(groups, by_tag, tag)
         group.keys[#group.rates + 1] = redis_open .. tag .. quota.redis_suffix
         group.quota = quota
@@ -597,7 +609,6 @@ function _M.check(step, claims)
     if not entry then
         return nil
     end
-    local addr = var.remote_addr or ""
     local now = now_ms()
     local deciding, best_remaining, best_reset, best_order = nil, huge, 0, huge
 
@@ -605,7 +616,7 @@ function _M.check(step, claims)
     local n_node = entry.n_node
     for i = 1, n_node do
         local lim = node[i]
-        local key = node_key(lim, addr, consumer, claims)
+        local key = node_key(lim, consumer, claims)
         local interval = lim.interval
         -- Shared dicts have no compare-and-set, so the busy path charges
         -- first with one atomic incr (exact under any concurrency) and a
@@ -622,7 +633,7 @@ function _M.check(step, claims)
                 dict:set(key, tat)
             elseif old - now > lim.tau then
                 dict:incr(key, -interval)
-                undo_node(entry, i - 1, false, addr, consumer, claims)
+                undo_node(entry, i - 1, false, consumer, claims)
                 return throttled(entry, lim, old - lim.tau - now)
             end
             local remaining = floor((lim.tau + interval - (tat - now)) / interval + EPS)
@@ -642,12 +653,12 @@ function _M.check(step, claims)
             refresh_period(quota, now_s)
         end
         if not quota.fleet then
-            local key = quota_node_key(quota, addr, consumer)
+            local key = quota_node_key(quota, consumer)
             local used = dict:incr(key, 1, 0, quota.end_s - now_s + 60)
             if used then
                 if used > quota.limit then
                     dict:incr(key, -1)
-                    undo_node(entry, n_node, false, addr, consumer, claims)
+                    undo_node(entry, n_node, false, consumer, claims)
                     return quota_exceeded(entry, quota, now_s)
                 end
                 quota_charged = true
@@ -661,7 +672,7 @@ function _M.check(step, claims)
     end
 
     if client and (entry.fleet[1] or (quota and quota.fleet)) then
-        local groups = fleet_groups(entry, addr, consumer, claims)
+        local groups = fleet_groups(entry, consumer, claims)
         for g = 1, #groups do
             local group = groups[g]
             local res, err = client:eval(script, group.keys, group.args)
@@ -669,7 +680,7 @@ function _M.check(step, claims)
                 log_redis_error(err or "unexpected reply")
                 if deny_on_error then
                     undo_groups(groups, g - 1)
-                    undo_node(entry, n_node, quota_charged, addr, consumer, claims)
+                    undo_node(entry, n_node, quota_charged, consumer, claims)
                     return unavailable()
                 end
                 break -- on_error allow: the remaining fleet limits do not apply
@@ -678,7 +689,7 @@ function _M.check(step, claims)
             local rates = group.rates
             if refused ~= 0 then
                 undo_groups(groups, g - 1)
-                undo_node(entry, n_node, quota_charged, addr, consumer, claims)
+                undo_node(entry, n_node, quota_charged, consumer, claims)
                 local lim = rates[refused]
                 if lim then
                     return throttled(entry, lim, tonumber(res[2]) or 0)
