@@ -553,15 +553,24 @@ def test_cluster_slot_migration_during_traffic(cluster: Fleet, cluster_servers: 
     for target in {m.target.port: m.target for m in migrations}.values():
         stats = command_calls(target)
         assert stats.get("asking", 0) > 0 and stats.get("eval", 0) > 0, (target.address, stats)
+    # And they keep the new slot map: the old owners no longer see these keys (each MOVED there is a rejected call).
+    sources = {m.source.port: m.source for m in migrations}.values()
+    rejected = {s.port: command_calls(s, "rejected_calls").get("evalsha", 0) for s in sources}
+    print(f"reshard: EVALSHA calls the old owners refused (MOVED/ASK): {rejected}")
+    later = alternate(cluster.gateways, "/shared", headers, count=20) + alternate(cluster.gateways, "/quota", consumer, count=20)
+    assert {r.status for r in later} <= {200, 429}, by_status(later)
+    for s in sources:
+        assert command_calls(s, "rejected_calls").get("evalsha", 0) == rejected[s.port], f"MOVED again from {s.address}"
 
 
-def command_calls(node) -> Dict[str, int]:
-    """Calls per command since the server started (INFO commandstats)."""
+def command_calls(node, field: str = "calls") -> Dict[str, int]:
+    """Per command since the server started (INFO commandstats): `calls`, or `rejected_calls` (MOVED, ASK...)."""
     out = {}
     for line in node.call("INFO", "commandstats").splitlines():
-        m = re.match(r"cmdstat_([a-z|]+):calls=([0-9]+)", line)
-        if m:
-            out[m.group(1)] = int(m.group(2))
+        name = re.match(r"cmdstat_([a-z|]+):", line)
+        value = re.search(rf"\b{field}=([0-9]+)", line)
+        if name and value:
+            out[name.group(1)] = int(value.group(1))
     return out
 
 
