@@ -193,7 +193,7 @@ def redis_setting(redis: str, on_error: str, password: bool) -> str:
 
 
 def build_gateways(work: Path, name: str, backend: int, redis: str, count: int = 2, on_error: str = "allow",
-                   password: bool = False) -> List[Gateway]:
+                   password: bool = False, nginx: Optional[Dict[str, str]] = None) -> List[Gateway]:
     """`count` gateways from one rendering of specs/fleet.yaml, each built into its own directory and port."""
     spec_dir = work / name
     spec_dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +201,8 @@ def build_gateways(work: Path, name: str, backend: int, redis: str, count: int =
                  for c, plan in CONSUMERS.items()]
     (spec_dir / "keys.yaml").write_text(yaml.safe_dump({"consumers": consumers}))
     text = SPEC.read_text().replace("__BACKEND__", str(backend)).replace("__REDIS__", redis_setting(redis, on_error, password))
+    if nginx:
+        text = text.replace("\nx-gateway:\n", "\nx-gateway:\n  nginx: " + json.dumps(nginx) + "\n", 1)
     spec_file = spec_dir / "fleet.yaml"
     spec_file.write_text(text)
     env = {PASSWORD_ENV: PASSWORD} if password else {}
@@ -427,6 +429,26 @@ def test_a_reload_keeps_the_redis_client_and_its_counters(standalone: Fleet) -> 
     after = gw.get("/slow", client)
     assert not refused_problem_errors(after, THROTTLED), refused_problem_errors(after, THROTTLED)
     assert gw.get("/slow", fresh_client("reload")).status == 200
+
+
+def test_two_gateways_share_a_limit_over_tls(work_dir, backends) -> None:
+    """rediss:// verified against nginx.ca_bundle, the certificate's DNS name given as server_name."""
+    with RedisServer(tls=True, password=PASSWORD) as server:
+        # nginx workers (nobody, when the tests run as root) load lua_ssl_trusted_certificate: not from a 0700 dir.
+        ca_bundle = work_dir / "fleet-tls-ca.pem"
+        shutil.copyfile(server.ca_path, ca_bundle)
+        os.chmod(ca_bundle, 0o644)
+        gateways = build_gateways(work_dir, "fleet-tls", backends["A"],
+                                  f"url: 'rediss://127.0.0.1:{server.port}', server_name: localhost",
+                                  password=True, nginx={"ca_bundle": str(ca_bundle)})
+        with running(gateways):
+            responses = alternate(gateways, "/shared", fresh_client("tls"), interval_s=0.004, duration_s=1.5)
+        assert {r.status for r in responses} == {200, 429}, (by_status(responses), responses[0].error)
+        allowed = sum(r.status == 200 for r in responses)
+        assert allowed <= window_bound(responses), (allowed, window_bound(responses))
+        assert {r.gateway for r in responses if r.status == 429} == {0, 1}
+        assert server.call("KEYS", "gwc:*"), "nothing was written over TLS"
+        assert_clean_logs(gateways)
 
 
 def quota_key(consumer: str, plan: str, now: Optional[float] = None) -> tuple:
