@@ -11,6 +11,7 @@ Case files are cases/traffic/*.yaml:
           - send:
               path: /ip                    # method (GET), headers as in harness requests
               key: k-pro                   # X-API-Key of a consumer in KEYS
+              basic: ann                   # basic auth as a user in BASIC_USERS
               token: {claims: {sub: __UNIQ__, plan: pro}}   # a JWT minted now (tests/auth/auth_tokens.py)
               client: 2                    # source address: the case's client n (default 1)
             times: 3                       # send it this many times (default 1) ...
@@ -49,6 +50,7 @@ declare.
 """
 from __future__ import annotations
 
+import base64
 import calendar
 import hashlib
 import json
@@ -100,6 +102,8 @@ KEYS: Dict[str, Optional[str]] = {
     "k-pro": "pro", "k-free": "free", "k-noplan": None, "k-tiny": "tiny", "k-mine": "pro", "k-other": "pro",
     "k-weekly": "weekly",
 }
+BASIC_USERS = ("ann", "ben")
+BASIC_PASSWORD = "correct horse battery staple"
 THROTTLED = "https://gwc.dev/problems/throttled"
 QUOTA_EXCEEDED = "https://gwc.dev/problems/quota-exceeded"
 PROBLEM_TYPES = {"throttled": THROTTLED, "quota_exceeded": QUOTA_EXCEEDED}
@@ -108,7 +112,7 @@ RL_HEADERS = ("ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit
 
 CASE_KEYS = {"name", "specs", "slow", "steps", "xfail"}
 STEP_KEYS = {"send", "times", "every", "parallel", "for", "expect", "expect_by_spec", "count", "allowed", "bound", "gcra", "sleep"}
-SEND_KEYS = {"method", "path", "headers", "key", "token", "client"}
+SEND_KEYS = {"method", "path", "headers", "key", "token", "basic", "client"}
 EXPECT_KEYS = {"status", "problem", "retry_after", "limit", "log", "error_log"}
 
 
@@ -294,6 +298,10 @@ class Pool:
         d = self.work / "traffic" / variant
         d.mkdir(parents=True)
         keys = write_keys(d / "keys.yaml")
+        for user in BASIC_USERS:
+            proc = auth_runner.gwc_cli("keys", "passwd", "--user", user, "--file", str(d / "users.yaml"), "--password-stdin",
+                                       stdin=BASIC_PASSWORD + "\n")
+            assert proc.returncode == 0, proc.stderr + proc.stdout
         port = free_port()
         placeholders = {**VARIANTS[variant], "__BACKEND__": str(self.backend.port), "__CLOSED_PORT__": str(free_port()),
                         "__JWKS_INLINE__": json.dumps(self.keyring.jwks(["rsa"]))}
@@ -492,6 +500,8 @@ class Runner:
         headers.update(send.get("headers") or {})
         if send.get("key"):
             headers["X-API-Key"] = self.gw.keys[send["key"]]
+        if send.get("basic"):
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{send['basic']}:{BASIC_PASSWORD}".encode()).decode()
         if send.get("token") is not None:
             headers["Authorization"] = "Bearer " + auth_tokens.mint(send["token"], self.keyring)
         req = {"method": send.get("method", "GET"), "path": send["path"], "headers": headers}
