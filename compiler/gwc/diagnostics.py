@@ -61,6 +61,9 @@ CODES = {
     "GW092": "unknown usage plan or operation (default_plan, key file, plan operations)",
     "GW093": "plan_claim on a scheme that is not JWT",
     "GW094": "invalid status listener (bad address, a public port, or off loopback without allow)",
+    "GW095": "invalid WAF setting (exclusion rule id, range or target; rules file)",
+    "GW096": "WAF max_body beyond the operation's body limit",
+    "GW097": "the WAF's ModSecurity module or the OWASP CRS is not installed in the runtime",
 }
 
 

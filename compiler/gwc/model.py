@@ -24,6 +24,7 @@ from .status import StatusListener, build as build_status
 from .traffic import NO_TRAFFIC, RateLimit, Traffic, TrafficBuilder
 from .validation import aws_switches
 from .validate import HTTP_METHODS, gateway_locations
+from .waf import Waf, build as build_waf
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -127,6 +128,7 @@ class Operation:
     selectors: Tuple[Tuple[str, str], ...] = ()
     body_media_types: Tuple[str, ...] = ()  # requestBody content keys, lower case
     limits: Tuple[RateLimit, ...] = ()  # the effective `rate_limit` list
+    waf: Optional[Waf] = None  # the effective `waf`; None: off
 
     @property
     def needs_validation(self) -> bool:
@@ -420,6 +422,14 @@ class _Builder:
                     if built is None:
                         continue
                     limits = built
+                waf = None
+                if merged.get("waf") not in (None, False):
+                    body_limit = merged.get("max_body_size") or root_gw["nginx"]["client_max_body_size"]
+                    limit_name = "max_body_size" if merged.get("max_body_size") else "nginx.client_max_body_size"
+                    ok, waf = build_waf(merged["waf"], *self._innermost("waf", op, item, src, op_ptr), self.diags,
+                                        method.upper(), self.body_media_types(op, src), body_limit, limit_name)
+                    if not ok:
+                        continue
                 rewrite = merged.get("path")
                 if rewrite is not None:
                     missing = substitute_ok(rewrite, template.params)
@@ -439,6 +449,7 @@ class _Builder:
                         selectors=self.selectors(op, item, src),
                         body_media_types=self.body_media_types(op, src),
                         limits=limits,
+                        waf=waf,
                     )
                 )
         return tuple(out)

@@ -18,6 +18,7 @@ from .model import Gateway, Operation, Upstream
 from .security import IpPolicy
 from .traffic import NATIVE_KEYS, RateLimit
 from .selection import Choice, choice_data, expects, route_diag, select
+from .waf import Waf, effective_body_limit
 from .paths import GREEDY, LITERAL, MIXED, PARAM, PathTemplate, lua_pattern, templates_overlap
 from .diagnostics import WARNING
 
@@ -37,6 +38,7 @@ class Location:
     body_buffer_size: str = "1m"  # the effective body limit, so validated bodies stay in memory
     native_limits: Tuple[RateLimit, ...] = ()  # enforced by nginx's limit_req
     rate_headers: str = "none"  # the rate-limit response headers its operations send (ietf, legacy, both, none)
+    waf: Optional[Waf] = None  # ModSecurity + CRS in this location (docs/waf.md); None: no modsecurity directive
 
     @property
     def native_retry_after(self) -> int:
@@ -381,14 +383,15 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
         for limit in native:
             zones.setdefault(limit.id, LimitZone(f"gwl_{limit.id}", NATIVE_KEYS[limit.key], limit.nginx_rate(), gateway.traffic.memory))
         rate_headers = gateway.traffic.headers if (lua_limits(op, gateway) or plans_apply(op, gateway)) else "none"
-        key = (kind, op.upstream if kind == "proxy" else None, lua_access, op.max_body_size, op.access.ip, native, rate_headers)
+        body_limit = effective_body_limit(op.waf, op.max_body_size, gateway.nginx.client_max_body_size)
+        key = (kind, op.upstream if kind == "proxy" else None, lua_access, body_limit, op.access.ip, native, rate_headers, op.waf)
         if key not in index_of:
             ident = str(len(locations) + 1)
             index_of[key] = ident
             up = gateway.upstream(op.upstream) if kind == "proxy" else None
-            buffer = op.max_body_size or gateway.nginx.client_max_body_size
+            buffer = body_limit or gateway.nginx.client_max_body_size
             ip_variable = geos[op.access.ip].variable if op.access.ip is not None else None
-            locations.append(Location(ident, kind, up, lua_access, op.max_body_size, ip_variable, buffer, native, rate_headers))
+            locations.append(Location(ident, kind, up, lua_access, body_limit, ip_variable, buffer, native, rate_headers, op.waf))
         op_locs.append(index_of[key])
     return Plan(gateway, tuple(locations), tuple(op_locs), tuple(routes), tuple(geos.values()),
                 limit_zones=tuple(zones[k] for k in sorted(zones))), diags

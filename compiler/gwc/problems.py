@@ -94,6 +94,8 @@ REASONS: Dict[str, str] = {
     "quota_exceeded": "The quota for this period is used up.",
     "plan_unknown": "The consumer's usage plan is not offered by this API.",
     "limit_unavailable": "The rate limiter is unavailable.",
+    # The WAF (docs/waf.md): never says which rule matched.
+    "waf_filtered": "The request was refused by the gateway's web application firewall.",
 }
 
 # Problem types other than about:blank: refusals a client handles differently
@@ -101,6 +103,7 @@ REASONS: Dict[str, str] = {
 TYPES: Dict[str, str] = {
     "throttled": "https://gwc.dev/problems/throttled",
     "quota_exceeded": "https://gwc.dev/problems/quota-exceeded",
+    "waf_filtered": "https://gwc.dev/problems/waf-filtered",
 }
 
 # nginx's internal codes for request-header and TLS client-certificate

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import jinja2
 
-from . import __version__, problems
+from . import __version__, problems, waf as waf_rules
 from .diagnostics import Diagnostic
 from .plan import Plan
 from .resources import lua_dir, templates_dir
@@ -82,8 +82,22 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(ngx_str=ngx_str, ngx_word=ngx_word, ngx_variable=ngx_variable, ngx_time=ngx_time)
+    env.filters.update(ngx_str=ngx_str, ngx_word=ngx_word, ngx_variable=ngx_variable, ngx_time=ngx_time,
+                       waf_rules=_waf_rules)
     return env
+
+
+@jinja2.pass_environment
+def _waf_rules(env: jinja2.Environment, waf) -> Tuple[str, ...]:
+    """A location's WAF rules as quoted modsecurity_rules arguments; rendered once per distinct WAF and output form."""
+    key = (waf, env.globals["waf_audit_log"])
+    cache = env.globals.setdefault("waf_rules_cache", {})
+    if key not in cache:
+        try:
+            cache[key] = waf_rules.rules_chunks(env.get_template("waf.conf.j2"), waf, key[1])
+        except waf_rules.RulesTooLong as exc:
+            raise UnsafeValue(str(exc))
+    return cache[key]
 
 
 @dataclass(frozen=True)
@@ -176,14 +190,22 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
         ca_bundle=plan.gateway.nginx.ca_bundle,
     )
     files: Dict[str, bytes] = {}
+    uses_waf = any(loc.waf is not None for loc in plan.locations)
+    modules = NGINX_LUA_MODULES + ((waf_rules.MODSECURITY_MODULE,) if uses_waf else ())
+    # ModSecurity resolves its paths against nginx's working directory, not its prefix.
+    env.globals.update(
+        waf_audit_log="/dev/stderr" if options.foreground else f"{install_dir}/logs/waf.log",
+        waf_error_log="/dev/stderr" if options.foreground else "logs/error.log",
+    )
     files["nginx.conf"] = env.get_template("nginx.conf.j2").render(
         **common,
-        modules=NGINX_LUA_MODULES if options.target == "nginx-lua" else (),
+        modules=modules if options.target == "nginx-lua" else (),
         lua_root="$prefix/lua",
         error_log="/dev/stderr" if options.foreground else "logs/error.log",
         access_log="/dev/stdout" if options.foreground else "logs/access.log",
         access_log_buffered=not options.foreground,
     ).encode("utf-8")
+    env.globals.update(waf_audit_log=f"{install_dir}/logs/waf.log", waf_error_log=f"{install_dir}/logs/error.log")
     files["conf.d/gateway.conf"] = env.get_template("conf.d.gateway.conf.j2").render(
         **common,
         lua_root=f"{install_dir}/lua",

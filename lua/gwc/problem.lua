@@ -97,6 +97,11 @@ function _M.respond(status)
         reason = "mtls_unverified"
         var.gw_problem = reason
     end
+    if (not reason or reason == "") and status == 403 and var.gw_waf == "1" then
+        -- ModSecurity refused it in a WAF location (docs/waf.md): WAF_FILTERED.
+        reason = "waf_filtered"
+        var.gw_problem = reason
+    end
     if (not reason or reason == "") and status == 429 then
         -- nginx's own limit_req refused it; the location says how long one token takes.
         reason = "throttled"

@@ -29,6 +29,8 @@ ALLOWED = {
     "ssl_client_certificate", "ssl_verify_client", "ssl_verify_depth", "ssl_crl",
     # traffic
     "limit_req_zone", "limit_req", "limit_req_status", "limit_req_log_level",
+    # the WAF (docs/waf.md)
+    "modsecurity", "modsecurity_rules", "modsecurity_transaction_id",
 }
 
 

@@ -1,0 +1,266 @@
+"""The WAF live: Debian's ModSecurity module and CRS in real nginx, against a
+counting backend, with the cases of tests/waf/cases/*.yaml as data.
+
+Each case runs on the operations of one or more modes (SPEC): `block` (the
+root's WAF), `detect`, `open` (`waf: false`), `excl` (with exclusions),
+`small` (inspect.max_body 1k). For every response the test checks the
+status, that a refused request never reached the backend and is a
+WAF_FILTERED problem, and, for detect runs, that the WAF record of the request
+names the expected rule ids. At the end no log file may hold any case's payload.
+Skipped, with the reason, where nginx or the ModSecurity module or CRS is absent.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import yaml
+
+from gwc import waf as waf_model
+from support.processes import Nginx, free_port, have_nginx, raw_request
+
+pytestmark = pytest.mark.live
+
+CASES_DIR = Path(__file__).resolve().parent / "cases"
+HOST = "api.example.test"  # a name: the CRS scores a numeric Host header
+USER_AGENT = "gwc-waf-tests/1.0"
+ACCEPT = "application/json"
+
+MODE_WAF = {
+    "block": None,  # the root's
+    "detect": {"mode": "detect"},
+    "open": False,
+    "excl": {"exclusions": [
+        {"rule": 942100, "target": "ARGS:json.description"},
+        {"rules": ["941000-941999"], "target": "ARGS:json.html"},
+    ]},
+    "small": {"inspect": {"max_body": "1k"}},
+}
+
+
+def _missing_runtime() -> str:
+    if not have_nginx():
+        return "no nginx with the Lua module; run scripts/install-runtime"
+    if not Path(waf_model.MODSECURITY_MODULE).is_file():
+        return f"ModSecurity module {waf_model.MODSECURITY_MODULE} is not installed; run scripts/install-runtime"
+    if not Path(waf_model.CRS_RULES_DIR).is_dir():
+        return f"the OWASP CRS ({waf_model.CRS_RULES_DIR}) is not installed; run scripts/install-runtime"
+    return ""
+
+
+def spec(backend_port: int) -> dict:
+    json_body = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+    paths: Dict[str, dict] = {}
+    for mode, waf in MODE_WAF.items():
+        gw = {} if waf is None else {"waf": waf}
+        query = [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("q", "lang", "page", "file", "cmd")]
+        ok = {"200": {"description": "ok"}}
+        paths[f"/{mode}/search"] = {"x-gateway": gw, "get": {"operationId": f"{mode}Search", "parameters": query, "responses": ok}}
+        paths[f"/{mode}/items"] = {"x-gateway": gw, "post": {"operationId": f"{mode}Create", "requestBody": json_body, "responses": ok}}
+        paths[f"/{mode}/items/{{id}}"] = {
+            "x-gateway": gw,
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "put": {"operationId": f"{mode}Replace", "requestBody": json_body, "responses": ok},
+            "patch": {"operationId": f"{mode}Update", "requestBody": {"content": {"application/merge-patch+json": {"schema": {"type": "object"}}}}, "responses": ok},
+            "delete": {"operationId": f"{mode}Delete", "responses": ok},
+        }
+        paths[f"/{mode}/form"] = {"x-gateway": gw, "post": {
+            "operationId": f"{mode}Form",
+            "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}},
+            "responses": ok}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "WAF live", "version": "1"},
+        "x-gateway": {
+            "upstreams": {"app": {"servers": [f"http://127.0.0.1:{backend_port}"]}},
+            "upstream": "app",
+            # Validation would refuse some attacks first; the WAF is what is under test.
+            "validate": {"parameters": False, "body": False},
+            "waf": {"paranoia": 1},
+        },
+        "paths": paths,
+    }
+
+
+class _Counting(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.server.seen.append(self.headers.get("X-Case", ""))  # type: ignore[attr-defined]
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Backend", "app")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    why = _missing_runtime()
+    if why:
+        print(f"SKIP tests/waf live: {why}")
+        pytest.skip(why)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    server.seen = []  # type: ignore[attr-defined]
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    work = tmp_path_factory.mktemp("waf")
+    spec_file = work / "api.yaml"
+    spec_file.write_text(yaml.safe_dump(spec(server.server_address[1]), sort_keys=False), encoding="utf-8")
+    out = work / "out"
+    port = free_port()
+    cmd = [sys.executable, "-m", "gwc.cli", "build", str(spec_file), "-o", str(out), "--listen", f"127.0.0.1:{port}",
+           "--install-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    nginx = Nginx(out).start([port])
+    try:
+        yield {"port": port, "out": out, "seen": server.seen, "nginx": nginx}
+    finally:
+        nginx.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def _load() -> List[pytest.param]:
+    out = []
+    for path in sorted(CASES_DIR.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for test in doc["tests"]:
+            for mode in test.get("modes", doc.get("modes", ["block"])):
+                out.append(pytest.param(test, mode, id=f"{path.stem}:{test['test_id']}:{mode}"))
+    return out
+
+
+def _pad(text: str) -> str:
+    return re.sub(r"__PAD_(\d+)__", lambda m: "p" * int(m.group(1)), text)
+
+
+def _request(stage_input: dict, mode: str, case_id: str) -> bytes:
+    method = stage_input.get("method", "GET")
+    uri = stage_input["uri"].replace("{mode}", mode)
+    data = _pad(stage_input.get("data", "")).encode("utf-8")
+    headers = {"Host": HOST, "User-Agent": USER_AGENT, "Accept": ACCEPT, "X-Case": case_id}
+    headers.update(stage_input.get("headers") or {})
+    if data and "Content-Length" not in headers and "Transfer-Encoding" not in headers:
+        headers["Content-Length"] = str(len(data))
+    headers["Connection"] = "close"
+    head = f"{method} {uri} {stage_input.get('version', 'HTTP/1.1')}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return head.encode("utf-8") + b"\r\n" + data
+
+
+# Request ids of the detect runs and the rule ids their WAF record must name,
+# and the payloads no log may hold; checked once every case has run.
+_RECORDS: List[tuple] = []
+_PAYLOADS: List[str] = []
+
+
+@pytest.mark.parametrize("test,mode", _load())
+def test_case(gateway, test, mode):
+    for n, stage in enumerate(test["stages"]):
+        case_id = f"{test['test_id']}-{mode}-{n}"
+        status, headers, body = raw_request(gateway["port"], _request(stage["input"], mode, case_id))
+        expected = stage["output"]["status"]
+        expected = expected[mode] if isinstance(expected, dict) else expected
+        assert status == expected, f"{test['desc']} ({mode}): {status} {body[:300]!r}"
+        reached = case_id in gateway["seen"]
+        if status == 200:
+            assert headers.get("x-backend") == "app" and reached
+        else:
+            assert not reached, "a refused request reached the backend"
+            problem = json.loads(body)
+            assert headers["content-type"] == "application/problem+json"
+            assert problem["status"] == status
+            if status == 403:
+                assert problem["type"] == "https://gwc.dev/problems/waf-filtered"
+                assert problem["title"] == "Forbidden"
+                assert problem["request_id"] == headers["x-request-id"]
+        ids = (stage["output"].get("log") or {}).get("expect_ids")
+        if mode == "detect" and ids:
+            _RECORDS.append((headers["x-request-id"], ids, test["test_id"]))
+    if test.get("payload"):
+        _PAYLOADS.append(test["payload"])
+
+
+def _audit_records(text: str) -> Dict[str, str]:
+    """Native audit log: request id (part A) -> the record's text."""
+    out = {}
+    for record in re.split(r"\n(?=---[A-Za-z0-9]{8}---A--\n)", text):
+        m = re.search(r"---A--\n\[[^\]]+\] (\S+) ", record)
+        if m:
+            out[m.group(1)] = record
+    return out
+
+
+def test_detect_records_name_the_rules_and_score(gateway):
+    """Runs after the cases (file order): each detect run left a record with its rule ids and the score."""
+    if not _RECORDS:
+        pytest.skip("no detect case ran")
+    records = _audit_records(_wait_for(gateway["out"] / "logs" / "waf.log", [r[0] for r in _RECORDS]))
+    for rid, ids, name in _RECORDS:
+        record = records.get(rid)
+        assert record is not None, f"{name}: no WAF record for request {rid}"
+        summary = re.search(r"inbound anomaly score (\d+) \(threshold 5\), rules([0-9 ]*)", record)
+        assert summary, f"{name}: no gwc summary in {record[:400]}"
+        assert int(summary.group(1)) >= 5
+        named = {int(x) for x in summary.group(2).split()}
+        assert set(ids) <= named, f"{name}: expected rules {ids}, the record names {sorted(named)}"
+
+
+def _wait_for(path: Path, needles: List[str], deadline_s: float = 5.0) -> str:
+    end = time.monotonic() + deadline_s
+    text = ""
+    while time.monotonic() < end:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if all(n in text for n in needles):
+            break
+        time.sleep(0.1)
+    return text
+
+
+# libmodsecurity 3.0.9 writes a message per match for the CRS rules marked
+# multiMatch before the nolog that gwc adds to them takes effect (docs/waf.md,
+# "What the logs hold"): their matched data reaches the WAF record. Known, and
+# pinned here so that no other rule joins them.
+MULTIMATCH_RULES = {930110, 934100, 942100, 942130}
+
+
+def test_no_log_holds_a_payload(gateway):
+    """Runs last: the access log, the error log and the WAF record never hold a payload
+    (the access log's user_agent field aside: it records every request's User-Agent)."""
+    if not _PAYLOADS:
+        pytest.skip("no case ran")
+    time.sleep(1.2)  # the access log is buffered with flush=1s
+    logs = gateway["out"] / "logs"
+    found = []
+    for name in ("access.log", "error.log", "waf.log"):
+        text = (logs / name).read_text(errors="replace") if (logs / name).exists() else ""
+        for line in text.splitlines():
+            if name == "access.log":
+                line = re.sub(r'"user_agent":"(?:[^"\\]|\\.)*"', "", line)
+            decoded = line.replace("%20", " ").replace("%27", "'").replace("%3D", "=")
+            rule = re.search(r'\[id "(\d+)"\]', line)
+            for payload in _PAYLOADS:
+                if payload in line or payload in decoded:
+                    if name == "waf.log" and rule and int(rule.group(1)) in MULTIMATCH_RULES:
+                        continue
+                    found.append((name, payload, line[:200]))
+    assert not found, f"payloads in logs: {found}"
