@@ -694,11 +694,13 @@ def test_redis_slow_then_down_under_load_then_back(work_dir, backends) -> None:
 def _outage_under_load(server: RedisServer, allow_gw: Gateway, deny_gw: Gateway) -> None:
     stop = threading.Event()
     results: Dict[str, List[Response]] = {}
-    # Over the limit on purpose (50/s against 10/s), so "limited" and "not limited" look different.
+    # Over the limit on purpose (50/s against 10/s), so "limited" and "not limited" look different. The allow
+    # gateway's operation also has a node limit (15/s), which must go on limiting while Redis is away.
     clients = {"allow": fresh_client("outage-allow"), "deny": fresh_client("outage-deny")}
+    paths = {"allow": "/mixed", "deny": "/shared"}
 
     def loop(label, gw):
-        results[label] = alternate([gw], "/shared", clients[label], interval_s=0.02, stop=stop, duration_s=30)
+        results[label] = alternate([gw], paths[label], clients[label], interval_s=0.02, stop=stop, duration_s=30)
 
     threads = [threading.Thread(target=loop, args=("allow", allow_gw)),
                threading.Thread(target=loop, args=("deny", deny_gw))]
@@ -745,8 +747,11 @@ def _outage_under_load(server: RedisServer, allow_gw: Gateway, deny_gw: Gateway)
         assert not broken, f"{label}: {len(broken)} requests missed the {CLIENT_DEADLINE_S}s deadline or broke: {broken[0]}"
     assert {r.status for r in allow} <= {200, 429}, f"on_error allow: {by_status(allow)}"
     outage_allow = outage(allow)
-    assert outage_allow and {r.status for r in outage_allow} == {200}, by_status(outage_allow)
-    assert 429 in {r.status for r in allow if r.ended < phases["paused"]}, "limited before the outage"
+    assert outage_allow and {r.status for r in outage_allow} == {200, 429}, by_status(outage_allow)
+    deciding = {r.headers.get("ratelimit", "").split(";")[0] for r in outage_allow if r.status == 429}
+    assert deciding == {'"per-client-node"'}, f"without Redis only the node limit refuses: {deciding}"
+    healthy_deciding = {r.headers.get("ratelimit", "").split(";")[0] for r in allow if r.ended < phases["paused"] and r.status == 429}
+    assert '"per-client"' in healthy_deciding, f"the fleet limit (10/s) refuses before the outage: {healthy_deciding}"
 
     assert {r.status for r in deny} <= {200, 429, 503}, f"on_error deny: {by_status(deny)}"
     outage_deny = outage(deny)
