@@ -57,7 +57,6 @@ import json
 import math
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -242,18 +241,10 @@ class Gateway:
     def access_log(self) -> Path:
         return self.out_dir / "logs" / "access.log"
 
-    def reload(self, deadline_s: float = 15.0) -> None:
-        """nginx -s reload; returns once only new workers serve (their shared dicts are the old ones)."""
-        old = set(self.nginx.worker_pids())
-        subprocess.run([self.nginx.binary, "-p", str(self.out_dir) + "/", "-c", "nginx.conf", "-e", "logs/error.log", "-s", "reload"],
-                       check=True, capture_output=True, timeout=deadline_s)
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            now = set(self.nginx.worker_pids())
-            if now and not (now & old):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"nginx workers did not turn over after reload (old {old}, now {self.nginx.worker_pids()})")
+    # nginx -s reload, returning once only new workers serve (their shared dicts are the old ones).
+    reload = auth_runner.Gateway.reload
+    # JSON access-log entries by request id, waiting (with a deadline) for the buffer to flush.
+    access_entries = auth_runner.Gateway.access_entries
 
 
 def render(template: Path, placeholders: Dict[str, str], dest: Path) -> Path:
@@ -277,22 +268,13 @@ def write_keys(path: Path) -> Dict[str, str]:
     return keys
 
 
-class Pool:
+class Pool(harness.GatewayPool):
+    """One gateway per variant, built on first use (get() is the live pool's)."""
+
     def __init__(self, work: Path, backend: CountingBackend, keyring: auth_tokens.KeyRing, target: str):
         self.work, self.backend, self.keyring, self.target = work, backend, keyring, target
         self.gateways: Dict[str, Gateway] = {}
         self.failures: Dict[str, str] = {}
-
-    def get(self, variant: str) -> Gateway:
-        if variant in self.failures:
-            pytest.fail(f"gateway {variant!r} could not start: {self.failures[variant]}", pytrace=False)
-        if variant not in self.gateways:
-            try:
-                self.gateways[variant] = self._start(variant)
-            except Exception as exc:
-                self.failures[variant] = str(exc)
-                raise
-        return self.gateways[variant]
 
     def _start(self, variant: str) -> Gateway:
         d = self.work / "traffic" / variant
@@ -690,33 +672,13 @@ def test_case(case: Case, pool: Pool, keyring, backend) -> None:
     runner.finish()
 
 
-def _access_entries(path: Path, wanted: set, deadline_s: float = 10.0) -> Dict[str, dict]:
-    end = time.monotonic() + deadline_s
-    while True:
-        found = {}
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            text = ""
-        for line in text.splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("request_id") in wanted:
-                found[entry["request_id"]] = entry
-        if set(found) >= wanted or time.monotonic() > end:
-            return found
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("variant", sorted(set(VARIANTS) - {"cold"}))
 def test_access_log(variant: str, pool: Pool) -> None:
     """The JSON access log of every checked request names its reason and deciding limit (runs after the cases)."""
     gw = pool.gateways.get(variant)
     if gw is None or not gw.logged:
         pytest.skip(f"no case with log expectations ran on {variant}")
-    found = _access_entries(gw.access_log, set(gw.logged))
+    found = gw.access_entries(set(gw.logged))
     errs = []
     for rid, (case_id, fields) in gw.logged.items():
         entry = found.get(rid)
