@@ -12,6 +12,7 @@ from typing import List
 
 from .diagnostics import Diagnostic
 from .runtime import Runtime, nginx_test
+from .waf import CRS_RULES_DIR, MODSECURITY_MODULE
 
 
 def check_manifest(out_dir: Path) -> List[Diagnostic]:
@@ -34,9 +35,34 @@ def check_manifest(out_dir: Path) -> List[Diagnostic]:
     return out
 
 
+def check_waf_runtime(out_dir: Path, runtime: Runtime) -> List[Diagnostic]:
+    """GW097 when the output uses the WAF and the runtime lacks ModSecurity or the CRS."""
+    conf = Path(out_dir) / "nginx.conf"
+    try:
+        uses_waf = "modsecurity on;" in conf.read_text(encoding="utf-8")
+    except OSError:
+        return []  # check_manifest reports the missing file
+    if not uses_waf or runtime.kind != "native":
+        return []  # a container's nginx -t answers for itself
+    missing = []
+    if runtime.target == "nginx-lua" and not Path(MODSECURITY_MODULE).is_file():
+        missing.append(f"the ModSecurity module {MODSECURITY_MODULE} (Debian: libnginx-mod-http-modsecurity)")
+    if not Path(CRS_RULES_DIR).is_dir():
+        missing.append(f"the OWASP CRS in {CRS_RULES_DIR} (Debian: modsecurity-crs)")
+    if not missing:
+        return []
+    return [Diagnostic("GW097", f"x-gateway.waf needs {' and '.join(missing)}; run scripts/install-runtime", str(conf))]
+
+
 def verify(out_dir: Path, runtime: Runtime) -> List[Diagnostic]:
     diags = check_manifest(out_dir)
+    waf = check_waf_runtime(out_dir, runtime)
+    if waf:
+        return diags + waf
     ok, output = nginx_test(runtime, out_dir)
-    if not ok:
+    if not ok and 'unknown directive "modsecurity' in output:
+        diags.append(Diagnostic("GW097", f"x-gateway.waf needs the ModSecurity module, which {runtime.description} lacks: {output}",
+                                str(Path(out_dir) / "nginx.conf")))
+    elif not ok:
         diags.append(Diagnostic("GW060", f"nginx -t failed ({runtime.description}): {output}", str(Path(out_dir) / "nginx.conf")))
     return diags
