@@ -99,7 +99,7 @@ VARIANTS: Dict[str, Dict[str, str]] = {
 # API-key consumers of keys.yaml and their plans (None: no plan in the file).
 KEYS: Dict[str, Optional[str]] = {
     "k-pro": "pro", "k-free": "free", "k-noplan": None, "k-tiny": "tiny", "k-mine": "pro", "k-other": "pro",
-    "k-weekly": "weekly",
+    "k-weekly": "weekly", "k-ipauth": "pro",
 }
 BASIC_USERS = ("ann", "ben")
 BASIC_PASSWORD = "correct horse battery staple"
@@ -413,6 +413,7 @@ class Sent:
     body: bytes
     at: float  # time.time() when sent
     done: float  # time.time() when answered
+    method: str = "GET"
 
     @property
     def json(self):
@@ -494,7 +495,7 @@ class Runner:
         source, data, _ = self.build(send)
         at = time.time()
         status, headers, body = request_from(source, self.gw.port, data)
-        return Sent(status, headers, body, at, time.time())
+        return Sent(status, headers, body, at, time.time(), send.get("method", "GET"))
 
     def run_step(self, n: int, step: dict) -> None:
         if "sleep" in step:
@@ -579,6 +580,8 @@ class Runner:
             errs.append(f"status {sent.status}, expected {expect['status']}")
         if sent.status == 429 and from_backend:
             errs.append("a refused request reached the upstream")
+        if sent.method == "HEAD" and sent.body:
+            errs.append(f"a HEAD response has a body: {sent.body[:100]!r}")
         if not from_backend and sent.status >= 400:
             errs += self.problem_errors(sent, rid, expect.get("problem") or {})
         if "retry_after" in expect:
@@ -601,6 +604,10 @@ class Runner:
             return [f"a gateway error must be {harness.PROBLEM_TYPE}, got {sent.headers.get('content-type')!r}"]
         if sent.headers.get("cache-control") != "no-store":
             errs.append(f"Cache-Control {sent.headers.get('cache-control')!r}, expected no-store")
+        if sent.status == 429 and not re.fullmatch(r"[1-9][0-9]*", sent.headers.get("retry-after") or ""):
+            errs.append(f"a 429 needs Retry-After in whole seconds, got {sent.headers.get('retry-after')!r}")
+        if sent.method == "HEAD":
+            return errs
         body = sent.json
         if not isinstance(body, dict):
             return errs + [f"problem body is not a JSON object: {sent.body[:200]!r}"]
@@ -612,8 +619,6 @@ class Runner:
             errs.append(f"problem request_id {body.get('request_id')!r} != {rid!r}")
         if body.get("type") not in ("about:blank", THROTTLED, QUOTA_EXCEEDED):
             errs.append(f"problem type {body.get('type')!r}")
-        if sent.status == 429 and not re.fullmatch(r"[1-9][0-9]*", sent.headers.get("retry-after") or ""):
-            errs.append(f"a 429 needs Retry-After in whole seconds, got {sent.headers.get('retry-after')!r}")
         errs += [f"problem: {e}" for e in harness._subset(subset, body)]
         return errs
 
