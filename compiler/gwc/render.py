@@ -194,6 +194,8 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
     modules = NGINX_LUA_MODULES + ((waf_rules.MODSECURITY_MODULE,) if uses_waf else ())
     # ModSecurity resolves its paths against nginx's working directory, not its prefix.
     env.globals.update(
+        waf_error_pages=[status for status in problems.ERROR_PAGE_STATUSES if status != 403],
+        waf_error_uri=ERROR_URI,
         waf_audit_log="/dev/stderr" if options.foreground else f"{install_dir}/logs/waf.log",
         waf_error_log="/dev/stderr" if options.foreground else "logs/error.log",
     )

@@ -131,6 +131,45 @@ function _M.respond(status)
     emit(status, body_of(status, detail, nil, reason))
 end
 
+-- A WAF location sends 403 without error_page (an internal redirect would
+-- drop ModSecurity's transaction before it writes its record of the request),
+-- so nginx's built-in page is replaced here by the problem /_gwc/error would
+-- send: WAF_FILTERED for ModSecurity's refusal, the location's own reason
+-- (ip_denied) otherwise. Lua's own refusals are problem+json already.
+function _M.refusal_header()
+    if ngx.status ~= 403 or header["Content-Type"] == "application/problem+json" then
+        return
+    end
+    local reason = var.gw_problem
+    if not reason or reason == "" then
+        reason = "waf_filtered"
+        var.gw_problem = reason
+    end
+    local body = body_of(403, REASONS[reason] or DETAILS[403], nil, reason)
+    ngx.ctx.gw_refusal = body
+    header["Content-Type"] = "application/problem+json"
+    header["Cache-Control"] = "no-store"
+    header["Content-Length"] = #body
+end
+
+function _M.refusal_body()
+    if ngx.status ~= 403 then
+        return
+    end
+    local ctx = ngx.ctx
+    local body = ctx.gw_refusal
+    if body == nil then
+        return
+    end
+    if body then
+        ngx.arg[1] = body
+        ngx.arg[2] = true
+        ctx.gw_refusal = false
+    else
+        ngx.arg[1] = nil
+    end
+end
+
 -- A rejection decided in Lua (auth, validation), sent from the current phase.
 -- reason is a stable code from the catalogue: it picks the detail and is
 -- logged as $gw_problem. extra is a flat list of member names and values

@@ -30,7 +30,8 @@ ALLOWED = {
     # traffic
     "limit_req_zone", "limit_req", "limit_req_status", "limit_req_log_level",
     # the WAF (docs/waf.md)
-    "modsecurity", "modsecurity_rules", "modsecurity_transaction_id",
+    "modsecurity", "modsecurity_rules", "modsecurity_transaction_id", "header_filter_by_lua_block",
+    "body_filter_by_lua_block",
 }
 
 

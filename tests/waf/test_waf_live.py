@@ -194,8 +194,8 @@ def test_case(gateway, test, mode):
                 assert problem["title"] == "Forbidden"
                 assert problem["request_id"] == headers["x-request-id"]
         ids = (stage["output"].get("log") or {}).get("expect_ids")
-        if mode == "detect" and ids:
-            _RECORDS.append((headers["x-request-id"], ids, test["test_id"]))
+        if mode in ("block", "detect") and ids:
+            _RECORDS.append((headers["x-request-id"], ids, f"{test['test_id']}:{mode}", status))
     if test.get("payload"):
         _PAYLOADS.append(test["payload"])
 
@@ -210,12 +210,17 @@ def _audit_records(text: str) -> Dict[str, str]:
     return out
 
 
-def test_detect_records_name_the_rules_and_score(gateway):
-    """Runs after the cases (file order): each detect run left a record with its rule ids and the score."""
+def test_records_name_the_rules_and_score(gateway):
+    """Runs after the cases (file order): each flagged request, refused or let through,
+    left a WAF record with its rule ids and the score; the access log gives the refused
+    ones reason waf_filtered."""
     if not _RECORDS:
-        pytest.skip("no detect case ran")
+        pytest.skip("no block or detect case ran")
     records = _audit_records(_wait_for(gateway["out"] / "logs" / "waf.log", [r[0] for r in _RECORDS]))
-    for rid, ids, name in _RECORDS:
+    access = _wait_for(gateway["out"] / "logs" / "access.log", [r[0] for r in _RECORDS])
+    reasons = {e["request_id"]: e["reason"] for e in map(json.loads, access.splitlines())}
+    for rid, ids, name, status in _RECORDS:
+        assert reasons[rid] == ("waf_filtered" if status == 403 else ""), name
         record = records.get(rid)
         assert record is not None, f"{name}: no WAF record for request {rid}"
         summary = re.search(r"inbound anomaly score (\d+) \(threshold 5\), rules([0-9 ]*)", record)
