@@ -76,9 +76,17 @@ def spec(backend_port: int) -> dict:
             "operationId": f"{mode}Form",
             "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}},
             "responses": ok}}
+    # Order: the IP policy before the WAF, the WAF before authentication.
+    attackable = {"get": {"parameters": [{"name": "q", "in": "query", "schema": {"type": "string"}}],
+                          "responses": {"200": {"description": "ok"}}}}
+    paths["/ipdeny/search"] = {"x-gateway": {"ip": {"deny": ["127.0.0.0/8"]}},
+                               "get": {**attackable["get"], "operationId": "ipdenySearch"}}
+    paths["/auth/search"] = {"get": {**attackable["get"], "operationId": "authSearch", "security": [{"basic": []}]}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "WAF live", "version": "1"},
+        "security": [],
+        "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic", "x-gateway": {"credentials": "users.yaml"}}}},
         "x-gateway": {
             "upstreams": {"app": {"servers": [f"http://127.0.0.1:{backend_port}"]}},
             "upstream": "app",
@@ -124,6 +132,9 @@ def gateway(tmp_path_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     work = tmp_path_factory.mktemp("waf")
     spec_file = work / "api.yaml"
+    # One user whose password nobody sends: the auth operation only has to refuse.
+    (work / "users.yaml").write_text("users: [{username: nobody, password_hash: 'pbkdf2-sha256$1000$c2FsdHNhbHQ$"
+                                     + "A" * 43 + "'}]\n", encoding="utf-8")
     spec_file.write_text(yaml.safe_dump(spec(server.server_address[1]), sort_keys=False), encoding="utf-8")
     out = work / "out"
     port = free_port()
@@ -190,7 +201,7 @@ def test_case(gateway, test, mode):
             assert headers["content-type"] == "application/problem+json"
             assert problem["status"] == status
             if status == 403:
-                assert problem["type"] == "https://gwc.dev/problems/waf-filtered"
+                assert problem["type"] == stage["output"].get("problem_type", "https://gwc.dev/problems/waf-filtered")
                 assert problem["title"] == "Forbidden"
                 assert problem["request_id"] == headers["x-request-id"]
         ids = (stage["output"].get("log") or {}).get("expect_ids")
