@@ -809,3 +809,33 @@ def _wait_for_limiting(gw: Gateway, want: set, deadline_s: float = 10.0,
             return
         time.sleep(0.2)
     raise AssertionError(f"limiting did not resume within {deadline_s}s after Redis restarted: last burst {seen}")
+
+
+# A Redis that answers but refuses: AUTH with the wrong password (the handshake), or a full memory (the script).
+REFUSALS = [
+    pytest.param({"env": {PASSWORD_ENV: "not-the-password"}, "config": [], "log": "WRONGPASS"}, id="wrong-password"),
+    pytest.param({"env": {PASSWORD_ENV: PASSWORD}, "config": [("maxmemory", "1")], "log": "OOM"}, id="out-of-memory"),
+]
+
+
+@pytest.mark.parametrize("fault", REFUSALS)
+def test_a_refusing_redis_is_handled_by_on_error(work_dir, backends, fault) -> None:
+    with RedisServer(password=PASSWORD) as server:
+        for name, value in fault["config"]:
+            server.call("CONFIG", "SET", name, value)
+        label = f"fleet-refusing-{fault['log'].lower()}"
+        gateways = [build_gateways(work_dir, f"{label}-{on_error}", backends["A"],
+                                   f"url: 'redis://127.0.0.1:{server.port}'", count=1, on_error=on_error,
+                                   password=True)[0] for on_error in ("allow", "deny")]
+        for gw in gateways:
+            gw.env = fault["env"]
+        with running(gateways):
+            allow, deny = (alternate([gw], "/shared", fresh_client(label), count=20) for gw in gateways)
+            workers = [len(gw.nginx.worker_pids()) for gw in gateways]
+        assert [r.status for r in allow] == [200] * 20 and all("x-backend" in r.headers for r in allow)
+        assert [r.status for r in deny] == [503] * 20 and all("x-backend" not in r.headers for r in deny)
+        for gw, count in zip(gateways, workers):
+            lines = redis_lines(gw.log_text())
+            # Once per worker in this short run, saying why.
+            assert 1 <= len(lines) <= count and all(fault["log"] in line for line in lines), "\n".join(lines)
+        assert_clean_logs(gateways, allow=redis_line)
