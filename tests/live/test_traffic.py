@@ -756,9 +756,14 @@ def test_counters_survive_reload_and_unchanged_limits_survive_rebuild(mode: str,
     spec = d / "api.yaml"
     out = d / "out"
 
-    def build(changed_rate: str) -> None:
-        render(STATE_TEMPLATE, {"__HEADERS__": mode, "__BACKEND__": str(backend.port), "__CHANGED_RATE__": changed_rate}, spec)
+    def build(changed_rate: str, plan_rate: str = "3/min", plan_burst: int = 2, quota: int = 3) -> None:
+        render(STATE_TEMPLATE, {"__HEADERS__": mode, "__BACKEND__": str(backend.port), "__CHANGED_RATE__": changed_rate,
+                                "__PLAN_RATE__": plan_rate, "__PLAN_BURST__": str(plan_burst), "__QUOTA__": str(quota)}, spec)
         harness.gwc_build(spec, out, f"127.0.0.1:{port}", target)
+
+    proc = auth_runner.gwc_cli("keys", "new", "--id", "goldie", "--plan", "gold", "--file", str(d / "keys.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    gold = {"X-API-Key": proc.stdout.rstrip("\n").splitlines()[-1]}
 
     client = new_client_address()
     tenant = uuid.uuid4().hex
@@ -778,21 +783,31 @@ def test_counters_survive_reload_and_unchanged_limits_survive_rebuild(mode: str,
         assert statuses("/kept", 3) == [200, 200, 429]
         assert statuses("/changed", 3) == [200, 200, 429]
         assert statuses("/tenant", 3, tenant_headers) == [200, 200, 429]
+        assert statuses("/planned", 3, gold) == [200, 200, 429]  # the plan's rate refuses; the quota has used 2
 
         gw.reload()
         assert statuses("/kept", 1) == [429], "an exhausted bucket is refilled by nginx -s reload"
         assert statuses("/changed", 1) == [429], "an exhausted bucket is refilled by nginx -s reload"
         assert statuses("/tenant", 1, tenant_headers) == [429], "an exhausted bucket is refilled by nginx -s reload"
 
-        build("6/min")  # /changed's limit changes; /kept's and /tenant's do not
+        build("6/min", quota=4)  # /changed's limit and the gold quota change; /kept's, /tenant's and the gold rate do not
         gw.reload()
         assert statuses("/kept", 1) == [429], "a rebuild reset the counters of a limit it did not change"
         assert statuses("/tenant", 1, tenant_headers) == [429], "a rebuild reset the counters of a limit it did not change"
+        assert statuses("/planned", 1, gold) == [429], "a rebuild reset the counters of a plan rate it did not change"
         status, h = get("/changed")
         assert status == 200, "a changed limit starts afresh"
         if mode == "ietf":
             assert h.get("ratelimit-policy") == '"changed";q=6;w=60'
             assert h.get("ratelimit") == '"changed";r=1;t=10', h
+
+        build("6/min", plan_rate="60/min", plan_burst=10, quota=5)  # a fresh plan bucket; the quota keeps its count
+        gw.reload()
+        status, h = get("/planned", gold)
+        assert status == 200, "a changed plan rate starts afresh"
+        if mode == "ietf":
+            assert (h.get("ratelimit-policy") or "").startswith('"gold";q=60;w=60, "gold-quota";q=5;w='), h
+            assert re.fullmatch(r'"gold-quota";r=2;t=[0-9]+', h.get("ratelimit") or ""), f"the quota lost its count: {h}"
     finally:
         gw.nginx.stop()
     bad = harness.severe_lines(log_since(gw.error_log, 0))
