@@ -711,7 +711,8 @@ def _locations(out_dir: Path) -> Dict[str, str]:
     return {op["id"]: blocks[op["loc"]] for op in routes["operations"]}
 
 
-NATIVE_IN_NONE = {"perIp", "perRoute", "everyone", "multi", "down", "paceIp", "burstIp", "mocked"}
+NATIVE_IN_NONE = {"perIp", "perRoute", "everyone", "multi", "down", "paceIp", "burstIp", "mocked", "routeItemGet",
+                  "routeItemPost", "hourlyExact"}
 NATIVE_AND_LUA_IN_NONE = {"ipAuth"}  # limit_req for the ip limit, Lua for authentication and the plan
 
 
