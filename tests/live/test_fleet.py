@@ -329,6 +329,27 @@ def alternate(gateways: List[Gateway], path: str, headers: Dict[str, str], count
     return out
 
 
+@contextlib.contextmanager
+def traffic(loops: Dict[str, tuple], deadline_s: float = 60.0) -> Iterator[Dict[str, List[Response]]]:
+    """Client loops, each (gateways, path, headers, interval_s), in threads while the body runs; the dict it
+    yields holds each loop's responses once the body has ended."""
+    stop = threading.Event()
+    results: Dict[str, List[Response]] = {}
+
+    def run(label, gateways, path, headers, interval_s):
+        results[label] = alternate(gateways, path, headers, interval_s=interval_s, stop=stop, duration_s=deadline_s)
+
+    threads = [threading.Thread(target=run, args=(label, *loop)) for label, loop in loops.items()]
+    for thread in threads:
+        thread.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=deadline_s + 10)
+
+
 def window_bound(responses: List[Response], rate_per_s: float = RATE_PER_S, burst: int = BURST) -> float:
     """rate * W + burst over the window from the first request's start to the last one's end: it contains the
     moment Redis decided each of them, so no correct limiter can allow more."""
@@ -534,17 +555,9 @@ def test_cluster_slot_migration_during_traffic(cluster: Fleet, cluster_servers: 
     quota_name, _, _ = quota_key("erin", "roomy")
     slots = [key_slot(rate_tag), key_slot(quota_name)]
 
-    stop = threading.Event()
-    results: Dict[str, List[Response]] = {}
-
-    def loop(label, path, hdrs, interval):
-        results[label] = alternate(cluster.gateways, path, hdrs, interval_s=interval, stop=stop, duration_s=20)
-
-    threads = [threading.Thread(target=loop, args=("rate", "/shared", headers, 0.01)),
-               threading.Thread(target=loop, args=("quota", "/quota", consumer, 0.02))]
-    for t in threads:
-        t.start()
-    try:
+    loops = {"rate": (cluster.gateways, "/shared", headers, 0.01),
+             "quota": (cluster.gateways, "/quota", consumer, 0.02)}
+    with traffic(loops) as results:
         time.sleep(0.8)
         # Without the script cached anywhere, EVALSHA meets NOSCRIPT on both sides of each ASK: the EVAL that
         # follows must be ASKING too, or the target sends it back to the source.
@@ -559,10 +572,6 @@ def test_cluster_slot_migration_during_traffic(cluster: Fleet, cluster_servers: 
             m.finish()
         finished = time.monotonic()
         time.sleep(2.0)  # MOVED, then the refreshed slot map
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
     rate, quota = results["rate"], results["quota"]
     print(f"reshard: rate {by_status(rate)} bound {window_bound(rate):.1f}, quota {by_status(quota)}")
     for label, responses in results.items():
@@ -627,16 +636,7 @@ def test_cluster_master_down_then_back(work_dir, backends) -> None:
         victim = servers.nodes[0]
         clients = {"dead": client_on(servers, victim, "dead"), "live": client_on(servers, None, "live")}
         with running([gw]):
-            stop = threading.Event()
-            results: Dict[str, List[Response]] = {}
-
-            def loop(label):
-                results[label] = alternate([gw], "/shared", clients[label], interval_s=0.02, stop=stop, duration_s=30)
-
-            threads = [threading.Thread(target=loop, args=(label,)) for label in clients]
-            for th in threads:
-                th.start()
-            try:
+            with traffic({label: ([gw], "/shared", client, 0.02) for label, client in clients.items()}) as results:
                 time.sleep(1.0)
                 stopping = time.monotonic()
                 victim.stop()
@@ -645,10 +645,6 @@ def test_cluster_master_down_then_back(work_dir, backends) -> None:
                 victim.start()
                 servers.wait_ok(deadline_s=20)
                 back = time.monotonic()
-            finally:
-                stop.set()
-                for th in threads:
-                    th.join(timeout=40)
             for label, responses in results.items():
                 broken = [r for r in responses if r.error or r.status not in (200, 429, 503)]
                 assert not broken, f"{label}: {len(broken)} requests broke: {broken[0]}"
@@ -681,15 +677,7 @@ def test_cluster_failover_during_traffic(work_dir, backends) -> None:
         gateways = build_gateways(work_dir, "fleet-failover", backends["A"], f"cluster: [{seeds}]", on_error="deny")
         client = client_on(servers, victim, "failover")
         with running(gateways):
-            stop = threading.Event()
-            results: List[Response] = []
-
-            def loop():
-                results.extend(alternate(gateways, "/shared", client, interval_s=0.01, stop=stop, duration_s=40))
-
-            thread = threading.Thread(target=loop)
-            thread.start()
-            try:
+            with traffic({"failover": (gateways, "/shared", client, 0.01)}) as loops:
                 time.sleep(1.0)
                 stopping = time.monotonic()
                 victim.stop()
@@ -703,9 +691,7 @@ def test_cluster_failover_during_traffic(work_dir, backends) -> None:
                     _wait_for_limiting(gw, want={200, 429}, new_client=fresh_on_the_new_master)
                 recovered = time.monotonic()
                 time.sleep(1.5)
-            finally:
-                stop.set()
-                thread.join(timeout=60)
+        results = loops["failover"]
         broken = [r for r in results if r.error or r.status not in (200, 429, 503)]
         assert not broken, f"{len(broken)} requests broke: {broken[0]}"
         before = [r for r in results if r.ended < stopping]
@@ -754,22 +740,13 @@ def test_redis_slow_then_down_under_load_then_back(work_dir, backends) -> None:
 
 
 def _outage_under_load(server: RedisServer, allow_gw: Gateway, deny_gw: Gateway) -> None:
-    stop = threading.Event()
-    results: Dict[str, List[Response]] = {}
     # Over the limit on purpose (50/s against 10/s), so "limited" and "not limited" look different. The allow
     # gateway's operation also has a node limit (15/s), which must go on limiting while Redis is away.
     clients = {"allow": fresh_client("outage-allow"), "deny": fresh_client("outage-deny")}
-    paths = {"allow": "/mixed", "deny": "/shared"}
-
-    def loop(label, gw):
-        results[label] = alternate([gw], paths[label], clients[label], interval_s=0.02, stop=stop, duration_s=30)
-
-    threads = [threading.Thread(target=loop, args=("allow", allow_gw)),
-               threading.Thread(target=loop, args=("deny", deny_gw))]
+    loops = {"allow": ([allow_gw], "/mixed", clients["allow"], 0.02),
+             "deny": ([deny_gw], "/shared", clients["deny"], 0.02)}
     phases = {}
-    for t in threads:
-        t.start()
-    try:
+    with traffic(loops) as results:
         time.sleep(1.5)
         phases["paused"] = time.monotonic()
         os.kill(server.proc.pid, signal.SIGSTOP)
@@ -784,10 +761,6 @@ def _outage_under_load(server: RedisServer, allow_gw: Gateway, deny_gw: Gateway)
         phases["restarted"] = time.monotonic()
         server.start()
         time.sleep(1.0)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=40)
     grace = 0.5  # requests in flight when a phase changed may see either side of it
 
     def during(responses, first, last):
