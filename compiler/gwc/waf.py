@@ -306,15 +306,24 @@ def _token_bytes(text: str) -> int:
     return len(nginx_quoted(text).encode("utf-8")) + _INDENT_ALLOWANCE * text.count("\n")
 
 
+_CHAIN = re.compile(r"[\"',]\s*chain\s*[,\"']")
+
+
 def _statements(text: str) -> List[str]:
-    """Lines joined with their backslash continuations, each ending in a newline."""
+    """Lines joined with their backslash continuations, each ending in a newline;
+    a chained rule stays with the rules it chains to (they must be parsed together)."""
     out: List[str] = []
+    chained = ""
     current = ""
     for line in text.splitlines(keepends=True):
         current += line if line.endswith("\n") else line + "\n"
-        if not line.rstrip("\r\n").endswith("\\"):
-            out.append(current)
-            current = ""
-    if current:
-        out.append(current)
+        if line.rstrip("\r\n").endswith("\\"):
+            continue
+        chained += current
+        if not _CHAIN.search(re.sub(r"\\\r?\n", " ", current)):
+            out.append(chained)
+            chained = ""
+        current = ""
+    if chained or current:
+        out.append(chained + current)
     return out

@@ -43,6 +43,7 @@ MODE_WAF = {
         {"rules": ["941000-941999"], "target": "ARGS:json.html"},
     ]},
     "small": {"inspect": {"max_body": "1k"}},
+    "partial": {"inspect": {"max_body": "1k", "oversize": "pass"}},
 }
 
 

@@ -296,3 +296,15 @@ def test_check_without_the_module_is_gw097(tmp_path, monkeypatch):
     assert [d.code for d in diags] == ["GW097"] and "libnginx-mod-http-modsecurity" in diags[0].message
     (out / "nginx.conf").write_bytes(ok(tmp_path, "").files["nginx.conf"])
     assert verify.check_waf_runtime(out, Runtime("native", "/usr/sbin/nginx", "nginx-lua", "nginx")) == []
+
+
+def test_chunks_keep_continuations_and_chains_together():
+    text = 'A "id:1,chain"\nB "x"\nC \\\n  "id:2,\\\n    chain"\nD\nE\n'
+    assert waf._statements(text) == ['A "id:1,chain"\nB "x"\n', 'C \\\n  "id:2,\\\n    chain"\nD\n', "E\n"]
+
+
+def test_a_rules_file_rule_too_long_for_nginx_is_an_error(tmp_path):
+    long_rule = 'SecRule ARGS "@pm ' + " ".join(f"w{i}" for i in range(1200)) + '" "id:10002,phase:2,deny"\n'
+    result = build(tmp_path, "waf: {rules_files: [big.conf]}", files={"big.conf": long_rule})
+    assert [d.code for d in result.diagnostics if d.is_error] == ["GW038"]
+    assert "does not fit in one nginx directive" in result.diagnostics[0].message
