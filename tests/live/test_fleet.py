@@ -357,6 +357,19 @@ def window_bound(responses: List[Response], rate_per_s: float = RATE_PER_S, burs
     return rate_per_s * window + max(burst, 1)
 
 
+def excess_windows(responses: List[Response], rate_per_s: float = RATE_PER_S, burst: int = BURST) -> List[str]:
+    """Every window between two allowed responses (from the first one's start to the last one's end) that holds
+    more allowed requests than rate * W + burst."""
+    allowed = sorted((r for r in responses if r.status == 200), key=lambda r: r.started)
+    out = []
+    for i, first in enumerate(allowed):
+        for j in range(i, len(allowed)):
+            window = allowed[j].ended - first.started
+            if j - i + 1 > rate_per_s * window + max(burst, 1):
+                out.append(f"{j - i + 1} allowed within {window:.3f}s (bound {rate_per_s * window + burst:.1f})")
+    return out
+
+
 def by_status(responses: List[Response]) -> Dict[int, int]:
     out: Dict[int, int] = {}
     for r in responses:
@@ -397,6 +410,7 @@ def test_two_gateways_enforce_one_limit(fleet: Fleet, scenario) -> None:
         return
     bound = window_bound(responses)
     assert len(allowed) <= bound, f"{len(allowed)} allowed > rate*W+burst = {bound:.1f} ({by_status(responses)})"
+    assert not excess_windows(responses), excess_windows(responses)[:5]
     # Close to the bound, too: one shared bucket, not a stricter limiter.
     assert len(allowed) >= 0.8 * (bound - BURST), f"only {len(allowed)} allowed of a bound of {bound:.1f}"
     for index in range(len(fleet.gateways)):
@@ -474,7 +488,7 @@ def test_two_gateways_share_a_limit_over_tls(work_dir, backends) -> None:
             responses = alternate(gateways, "/shared", fresh_client("tls"), interval_s=0.004, duration_s=1.5)
         assert {r.status for r in responses} == {200, 429}, (by_status(responses), responses[0].error)
         allowed = sum(r.status == 200 for r in responses)
-        assert allowed <= window_bound(responses), (allowed, window_bound(responses))
+        assert allowed <= window_bound(responses) and not excess_windows(responses), excess_windows(responses)[:5]
         assert {r.gateway for r in responses if r.status == 429} == {0, 1}
         assert server.call("KEYS", "gwc:*"), "nothing was written over TLS"
         assert_clean_logs(gateways)
@@ -579,6 +593,8 @@ def test_cluster_slot_migration_during_traffic(cluster: Fleet, cluster_servers: 
         assert not failed, f"{label}: {len(failed)} failed of {len(responses)}, first: {failed[0]}"
     allowed = [r for r in rate if r.status == 200]
     assert len(allowed) <= window_bound(rate), (len(allowed), window_bound(rate), by_status(rate))
+    # Over every window, too: no moment of the migration handed out a fresh bucket.
+    assert not excess_windows(rate), excess_windows(rate)[:5]
     after = [r for r in rate if r.started > finished]
     after_allowed = sum(r.status == 200 for r in after)
     assert after and after_allowed <= window_bound(after), (after_allowed, window_bound(after), by_status(after))
@@ -701,7 +717,7 @@ def test_cluster_failover_during_traffic(work_dir, backends) -> None:
               f"recovered {recovered - promoted:.1f}s after the promotion")
         assert {r.status for r in before} == {200, 429}, by_status(before)
         assert after and {r.status for r in after} == {200, 429}, by_status(after)
-        assert sum(r.status == 200 for r in after) <= window_bound(after)
+        assert sum(r.status == 200 for r in after) <= window_bound(after) and not excess_windows(after)
         assert {r.gateway for r in after if r.status == 429} == {0, 1}
         assert_clean_logs(gateways, allow=redis_line)
 
