@@ -140,6 +140,10 @@ function _M.refusal_header()
     if ngx.status ~= 403 or header["Content-Type"] == "application/problem+json" then
         return
     end
+    local upstream = var.upstream_status
+    if upstream and upstream ~= "" then
+        return  -- the backend's own 403
+    end
     local reason = var.gw_problem
     if not reason or reason == "" then
         reason = "waf_filtered"

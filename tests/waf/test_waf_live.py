@@ -108,7 +108,7 @@ class _Counting(BaseHTTPRequestHandler):
             self.rfile.read(length)
         self.server.seen.append(self.headers.get("X-Case", ""))  # type: ignore[attr-defined]
         body = b'{"ok": true}'
-        self.send_response(200)
+        self.send_response(int(self.headers.get("X-Backend-Status") or 200))
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Backend", "app")
@@ -194,7 +194,9 @@ def test_case(gateway, test, mode):
         expected = expected[mode] if isinstance(expected, dict) else expected
         assert status == expected, f"{test['desc']} ({mode}): {status} {body[:300]!r}"
         reached = case_id in gateway["seen"]
-        if status == 200:
+        if stage["output"].get("backend"):
+            assert headers.get("x-backend") == "app" and reached and body == b'{"ok": true}', body[:200]
+        elif status == 200:
             assert headers.get("x-backend") == "app" and reached
         else:
             assert not reached, "a refused request reached the backend"
