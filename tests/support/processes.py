@@ -114,6 +114,9 @@ class _EchoHandler(BaseHTTPRequestHandler):
     """Answers every request with JSON describing exactly what arrived."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle on, the second waits
+    # for the gateway's delayed ACK on its keep-alive connection (~40 ms).
+    disable_nagle_algorithm = True
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
