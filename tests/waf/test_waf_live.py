@@ -41,6 +41,7 @@ MODE_WAF = {
     "excl": {"exclusions": [
         {"rule": 942100, "target": "ARGS:json.description"},
         {"rules": ["941000-941999"], "target": "ARGS:json.html"},
+        {"rule": 933210, "target": "ARGS:json.notes"},
     ]},
     "small": {"inspect": {"max_body": "1k"}},
     "partial": {"inspect": {"max_body": "1k", "oversize": "pass"}},
