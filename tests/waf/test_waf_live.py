@@ -284,3 +284,5 @@ def test_no_log_holds_a_payload(gateway):
                         continue
                     found.append((name, payload, line[:200]))
     assert not found, f"payloads in logs: {found}"
+    record = (logs / "waf.log").read_text(errors="replace")
+    assert "---E--" not in record and '{"ok": true}' not in record, "a response body in the WAF record"
