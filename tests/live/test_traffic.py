@@ -23,6 +23,7 @@ Case files are cases/traffic/*.yaml:
             count: {200: 3, 429: 1}        # statuses of the step's responses, exactly
             allowed: {min: 5, max: 6}      # how many of them were admitted (any non-429)
             bound: {rate: 20, burst: 2}    # admitted <= rate * W + burst, W the step's wall time
+            gcra: {interval_ms: 50, capacity: 2}   # each answer against a bucket on the client's clock (gcra_errors)
           - sleep: 1.2
 
 Per response (`expect`):
@@ -41,8 +42,11 @@ Per response (`expect`):
     log: fields of the request's JSON access-log entry (reason, limit,
     limit_remaining, consumer, plan), checked by test_access_log.
 
-`__UNIQ__` in a request is a value fresh to the case and variant (a tenant,
-an org, a JWT sub), so cases never share a bucket. Every case also sends
+`__UNIQ__` in a request or an expectation is a value fresh to the case and
+variant (a tenant, an org, a JWT sub), and every case has its own client
+addresses (127.1.x.y), so cases never share a bucket; `route` and `global`
+buckets belong to one case each. The pool's gateways have counted every
+plan's quota on each worker before the cases run; `cold` has not. Every case also sends
 X-Case, which the echo backend counts: it must see exactly the requests that
 came back from it, so a refused request never reaches it. Every case checks
 that the error log gained no [error]/[crit]/[alert]/[emerg] line it did not
