@@ -718,7 +718,7 @@ def _locations(out_dir: Path) -> Dict[str, str]:
 
 NATIVE_IN_NONE = {"perIp", "perRoute", "everyone", "multi", "down", "paceIp", "burstIp", "mocked", "routeItemGet",
                   "routeItemPost", "hourlyExact"}
-NATIVE_AND_LUA_IN_NONE = {"ipAuth"}  # limit_req for the ip limit, Lua for authentication and the plan
+NATIVE_AND_LUA_IN_NONE = {"ipAuth", "validated"}  # limit_req for the ip limit, Lua for authentication or validation
 
 
 @pytest.mark.parametrize("variant", ["none", "ietf"])
