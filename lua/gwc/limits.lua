@@ -610,6 +610,13 @@ function _M.check(step, claims)
         return nil
     end
     local now = now_ms()
+    local now_s = now / 1000
+    local quota = entry.quota
+    -- Before any limit can refuse: the policy header lists the quota of the
+    -- current period, even when a rate limit decides first in a fresh worker.
+    if quota and (now_s >= quota.end_s or now_s < quota.start_s) then
+        refresh_period(quota, now_s)
+    end
     local deciding, best_remaining, best_reset, best_order = nil, huge, 0, huge
 
     local node = entry.node
@@ -645,13 +652,8 @@ function _M.check(step, claims)
         -- No tat: the dict refused even a forced write; fail open for this limit.
     end
 
-    local quota = entry.quota
-    local now_s = now / 1000
     local quota_charged = false
     if quota then
-        if now_s >= quota.end_s or now_s < quota.start_s then
-            refresh_period(quota, now_s)
-        end
         if not quota.fleet then
             local key = quota_node_key(quota, consumer)
             local used = dict:incr(key, 1, 0, quota.end_s - now_s + 60)
