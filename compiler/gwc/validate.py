@@ -8,7 +8,7 @@ import difflib
 import re
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import jsonschema_rs
 
@@ -205,6 +205,19 @@ def _json_type_fits(expected: Any, value: Any) -> bool:
     return any(isinstance(value, _JSON_TYPES.get(n, object)) for n in names)
 
 
+def _fitting_branch_errors(err: ValidationError) -> List[ValidationError]:
+    """The errors of the oneOf/anyOf branches whose type the value has (no type error at the branch's top)."""
+    by_branch: Dict[Any, List[ValidationError]] = {}
+    for e in err.context:
+        branch = e.relative_schema_path[0] if e.relative_schema_path else None
+        by_branch.setdefault(branch, []).append(e)
+    out: List[ValidationError] = []
+    for errors in by_branch.values():
+        if not any(e.validator == "type" and not list(e.relative_path) for e in errors):
+            out.extend(errors)
+    return out
+
+
 def _schema_error_diags(err: ValidationError, src: SourceFile, base: str, validator: Draft202012Validator) -> Iterator[Diagnostic]:
     ptr = base + "".join("/" + escape_pointer_token(p) for p in err.absolute_path)
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
@@ -215,8 +228,18 @@ def _schema_error_diags(err: ValidationError, src: SourceFile, base: str, valida
             yield _diag("GW020", f"unknown x-gateway key {key!r}{suggestion}", src, ptr + "/" + escape_pointer_token(key), key=True)
         return
     if err.validator in ("oneOf", "anyOf") and err.context:
-        best = min(err.context, key=lambda e: (len(list(e.relative_path)), e.validator != "type"))
-        message = best.message
+        fitting = _fitting_branch_errors(err)
+        if fitting:
+            # The value has the shape of a branch: say what is wrong inside it, where it is.
+            deepest = max(fitting, key=lambda e: (len(list(e.relative_path)), e.validator != "type"))
+            if deepest.validator == "additionalProperties":
+                yield from _schema_error_diags(deepest, src, ptr, validator)
+                return
+            ptr += "".join("/" + escape_pointer_token(p) for p in deepest.relative_path)
+            message = deepest.message
+        else:
+            best = min(err.context, key=lambda e: (len(list(e.relative_path)), e.validator != "type"))
+            message = best.message
     else:
         message = err.message
     field = ptr.rsplit("/", 1)[-1] if ptr != base else "x-gateway"

@@ -381,9 +381,6 @@ def test_default_contradicting_its_schema_is_a_located_warning(tmp_path):
 # A `rate_limit` is one limit or a list (oneOf): its schema errors must name
 # the member that is wrong, not the branch whose type does not fit.
 OPERATION_A = "paths:\n  /a:\n    get:\n      operationId: getA\n      responses: {'200': {description: ok}}\n"
-ONEOF_BUG = ("bug: validate._schema_error_diags explains a oneOf failure by the context error with the shortest path "
-             "(the type mismatch of the other branch: \"is not of type 'array'\"), at the parent pointer, instead of the "
-             "error inside the branch whose type fits the value")
 TRAFFIC_CASES = [
     {
         "name": "traffic-rate-zero",
@@ -407,7 +404,6 @@ TRAFFIC_CASES = [
         "pointer": "/x-gateway/rate_limit/rate",
         "line": 7,
         "message": "'10/day' does not match",
-        "xfail": ONEOF_BUG,
     },
     {
         "name": "traffic-rate-unparsable-in-list",
@@ -415,7 +411,6 @@ TRAFFIC_CASES = [
         "code": "GW021",
         "pointer": "/x-gateway/rate_limit/1/rate",
         "message": "'ten/s' does not match",
-        "xfail": ONEOF_BUG,
     },
     {
         "name": "traffic-rate-unparsable-code-and-line",
@@ -437,7 +432,6 @@ TRAFFIC_CASES = [
         "code": "GW021",
         "pointer": "/x-gateway/rate_limit/burst",
         "message": "-1 is less than the minimum of 0",
-        "xfail": ONEOF_BUG,
     },
     {
         "name": "traffic-plan-burst-negative",
@@ -467,7 +461,6 @@ TRAFFIC_CASES = [
         "code": "GW021",
         "pointer": "/x-gateway/rate_limit/key",
         "message": "'cookie.session' does not match",
-        "xfail": ONEOF_BUG,
     },
     {
         "name": "traffic-unknown-key-source-code-and-line",
