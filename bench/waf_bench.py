@@ -4,8 +4,12 @@ with `waf: false` and bare proxy_pass, measured in the same interleaved
 rounds as bench/run.py (gateway worker CPU per request, one worker).
 
     python bench/waf_bench.py [--quick] [--rounds N] [--secs S]
+    python bench/waf_bench.py --startup [--waf-locations N] [--plain-locations M]
 
-Prints a Markdown table and writes bench/results/waf.json. Needs wrk, nginx
+Prints a Markdown table and writes bench/results/waf.json. --startup instead
+measures what the WAF costs before the first request: `nginx -t` time and the
+worker's resident memory with N WAF locations of distinct settings (each a
+location of its own) beside M operations without the WAF. Needs wrk, nginx
 with the Lua module, and Debian's libnginx-mod-http-modsecurity + modsecurity-crs.
 """
 from __future__ import annotations
@@ -13,8 +17,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -53,13 +60,73 @@ def json_body_1k() -> str:
     return json.dumps(body)
 
 
+def startup_spec(waf_locations: int, plain_locations: int) -> dict:
+    """N WAF operations whose thresholds differ (so each has its own location) and M without the WAF."""
+    spec = specs._root(9, "bench waf startup")
+    spec["openapi"] = "3.1.0"
+    spec["x-gateway"]["validate"] = {"parameters": False, "body": False}
+    for i in range(waf_locations):
+        spec["paths"][f"/waf{i}"] = {"x-gateway": {"waf": {"anomaly_threshold": {"inbound": 5 + i}}}, "get": {
+            "operationId": f"waf{i}", "responses": specs._ok()}}
+    for i in range(plain_locations):
+        # A distinct body limit per operation: one location each.
+        spec["paths"][f"/plain{i}"] = {"x-gateway": {"max_body_size": f"{1000 + i}k"}, "get": {
+            "operationId": f"plain{i}", "responses": specs._ok()}}
+    return spec
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def startup(waf_locations: int, plain_locations: int, runs: int = 3) -> dict:
+    """`nginx -t` seconds (median of runs) and worker RSS (MB) of one worker after start."""
+    from support.processes import Nginx, free_port, nginx_binary  # bench/run.py put tests/ on sys.path
+
+    with tempfile.TemporaryDirectory(prefix="gwc-waf-startup-") as tmp:
+        base = Path(tmp)
+        spec_file = base / "api.yaml"
+        spec_file.write_text(specs.dump(startup_spec(waf_locations, plain_locations)))
+        out = base / "out"
+        port = free_port()
+        subprocess.run([sys.executable, "-m", "gwc.cli", "build", str(spec_file), "-o", str(out), "--listen",
+                        f"127.0.0.1:{port}", "--install-dir", str(out)], check=True, capture_output=True, timeout=300)
+        (out / "logs").mkdir(exist_ok=True)
+        times = []
+        for _ in range(runs):
+            start = time.monotonic()
+            subprocess.run([nginx_binary(), "-t", "-q", "-p", str(out) + "/", "-c", "nginx.conf", "-e", "logs/error.log"],
+                           check=True, capture_output=True, timeout=300)
+            times.append(time.monotonic() - start)
+        nginx = Nginx(out).start([port], deadline_s=120)
+        try:
+            time.sleep(1.0)  # init_worker done
+            rss = [_rss_kb(pid) / 1024 for pid in nginx.worker_pids()]
+            master = _rss_kb(nginx.proc.pid) / 1024
+        finally:
+            nginx.stop()
+    return {"waf_locations": waf_locations, "plain_locations": plain_locations, "nginx_t_s": statistics.median(times),
+            "worker_rss_mb": max(rss), "master_rss_mb": master}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--secs", type=int)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--startup", action="store_true")
+    parser.add_argument("--waf-locations", type=int, default=10)
+    parser.add_argument("--plain-locations", type=int, default=0)
     args = parser.parse_args()
+    if args.startup:
+        r = startup(args.waf_locations, args.plain_locations)
+        print(f"| {r['waf_locations']} WAF + {r['plain_locations']} plain locations | nginx -t {r['nginx_t_s']:.2f} s "
+              f"| worker RSS {r['worker_rss_mb']:.1f} MB | master RSS {r['master_rss_mb']:.1f} MB |")
+        return
     st = run.Settings(rounds=args.rounds or (2 if args.quick else 5), secs=args.secs or (1 if args.quick else 3),
                       warmup_secs=1, connections=args.connections, latency_rate=0, latency_secs=0, latency_rounds=0,
                       compile_runs=0, profile=False, keep_tmp=False)

@@ -125,6 +125,11 @@ class Waf:
     content_types: Tuple[str, ...]  # tx.allowed_request_content_type
 
     @property
+    def module_path(self) -> str:
+        """The nginx module the WAF needs loaded (conf.d/gateway.conf names it for the host's nginx.conf)."""
+        return MODSECURITY_MODULE
+
+    @property
     def rejects_oversize(self) -> bool:
         """Whether nginx itself refuses bodies larger than max_body (413), before the WAF."""
         return self.inspect_body and self.oversize == "reject"
@@ -276,14 +281,23 @@ class RulesTooLong(ValueError):
     """A single rule of a rules file does not fit in one nginx token."""
 
 
-def rules_chunks(template, waf: Waf, audit_log: str) -> Tuple[str, ...]:
+# The argument of the `waf_rules` filter that stands for the CRS part, held once by
+# the location around every CRS location: templates/http.conf.j2 passes it where a
+# location passes its Waf.
+SERVER_PART = "crs"
+
+
+def rules_chunks(template, waf, audit_log: str) -> Tuple[str, ...]:
     """The WAF's ModSecurity rules as nginx-quoted modsecurity_rules arguments, in order.
 
+    waf: a location's Waf (its own part), or SERVER_PART for the CRS, parsed
+    once for all the locations that run it (docs/waf.md, "What gwc generates").
     Pieces between #chunk marks are parsed by separate modsecurity_rules
     directives, so each keeps what must be parsed together (SecDefaultAction
     with the CRS it applies to) in one piece when it fits."""
     text = template.render(
-        waf=waf, base=OWN_RULE_BASE, audit_log=audit_log, crs_setup=CRS_SETUP, crs_rules_dir=CRS_RULES_DIR,
+        part="server" if waf == SERVER_PART else "location", waf=None if waf == SERVER_PART else waf,
+        base=OWN_RULE_BASE, audit_log=audit_log, crs_setup=CRS_SETUP, crs_rules_dir=CRS_RULES_DIR,
         crs_request_groups=CRS_REQUEST_GROUPS, crs_setup_version=CRS_SETUP_VERSION,
         scoring_rules=sorted(CRS_SCORING_RULES),
     )

@@ -156,15 +156,28 @@ def test_good_targets(target):
 
 # --- the rules text ----------------------------------------------------------------------------
 
-def rules_of(result, location_text: str) -> str:
-    """The modsecurity_rules arguments of the location whose block contains location_text, unquoted."""
+def rules_of(result, location_name: str) -> str:
+    """The modsecurity_rules arguments (unquoted) in force in the location named location_name:
+    its own, then those of the location it is nested in, in ModSecurity's order of evaluation."""
     payload = crossplane.parse(str(_write(result)), strict=False, check_ctx=False, check_args=False, single=True)
     assert payload["status"] == "ok", payload["errors"]
     server = [d for d in _walk(payload["config"][0]["parsed"]) if d["directive"] == "server" and "block" in d][0]
-    for loc in server["block"]:
-        if loc["directive"] == "location" and location_text in repr(loc):
-            return "".join(d["args"][0] for d in loc["block"] if d["directive"] == "modsecurity_rules")
-    raise AssertionError(location_text)
+
+    def own(block):
+        return "".join(d["args"][0] for d in block if d["directive"] == "modsecurity_rules")
+
+    for loc, parents in _locations(server["block"]):
+        if loc["args"][-1] == location_name:
+            return own(loc["block"]) + "".join(own(p["block"]) for p in reversed(parents))
+    raise AssertionError(location_name)
+
+
+def _locations(block, parents=()):
+    """(location, the locations it is nested in) for every location in block."""
+    for d in block:
+        if d["directive"] == "location":
+            yield d, parents
+            yield from _locations(d["block"], parents + (d,))
 
 
 def _write(result) -> Path:
@@ -223,14 +236,16 @@ def test_detect_mode_and_json_processor(tmp_path):
     assert "ctl:requestBodyProcessor=JSON" in text
 
 
-def test_rules_files_are_appended_verbatim(tmp_path):
+def test_rules_files_come_verbatim_after_the_operation_s_rules_and_before_the_crs(tmp_path):
     extra = 'SecRule ARGS:debug "@streq 1" "id:10001,phase:1,deny,status:403,msg:\'no debug\\\'s\'"\n'
     result = ok(tmp_path, "waf: {rules_files: [rules/extra.conf]}", files={"rules/extra.conf": extra})
     text = _rules_for(result, "search")
     # crossplane keeps nginx's escapes; the template indents every line
     lines = [line.strip() for line in re.sub(r"\\(['\"\\])", r"\1", text).splitlines()]
     start = lines.index("# rules_files: rules/extra.conf")
-    assert [line for line in lines[start:] if line] == ["# rules_files: rules/extra.conf", extra.strip()]
+    end = [i for i, line in enumerate(lines) if line.startswith("# gwc WAF: the OWASP CRS")][0]
+    assert [line for line in lines[start:end] if line] == ["# rules_files: rules/extra.conf", extra.strip()]
+    assert lines.index("SecAuditLogFormat Native") < start
 
 
 # --- nginx directives --------------------------------------------------------------------------
@@ -245,7 +260,7 @@ def test_directives_are_allowed_and_only_in_waf_locations(tmp_path):
     assert waf.MODSECURITY_MODULE in loads
     by_id = dict(zip([op.operation_id for op in result.plan.gateway.operations], result.plan.operation_locations))
     server = [d for d in _walk(tree) if d["directive"] == "server" and "block" in d][0]
-    locations = {loc["args"][-1]: loc["block"] for loc in server["block"] if loc["directive"] == "location"}
+    locations = {loc["args"][-1]: loc["block"] for loc, _ in _locations(server["block"])}
     for op_id, ident in by_id.items():
         names = [d["directive"] for d in locations[f"gw:{ident}"]]
         if op_id == "open":
