@@ -21,6 +21,7 @@ CASES: Dict[str, Path] = {
     "access-policy": GOLDEN_DIR / "access-policy" / "api.yaml",
     "traffic": GOLDEN_DIR / "traffic" / "api.yaml",
     "traffic-native": GOLDEN_DIR / "traffic-native" / "api.yaml",
+    "waf": GOLDEN_DIR / "waf" / "api.yaml",
 }
 
 
