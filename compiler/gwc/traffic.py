@@ -244,7 +244,9 @@ class TrafficBuilder:
             if q["offset"] > _QUOTA_OFFSET_MAX[q["period"]]:
                 self.error("GW090", f"a {q['period']} quota's offset is at most {_QUOTA_OFFSET_MAX[q['period']]}", src, ptr + "/quota/offset")
             else:
-                quota = Quota(limit_id("quota", name, q["period"], q["offset"]), f"{name}-quota", q["limit"], q["period"], q["offset"], scope)
+                # Quotas are counted in Redis whenever there is one: a quota is what a consumer pays for.
+                quota_scope = "fleet" if self.redis is not None else "node"
+                quota = Quota(limit_id("quota", name, q["period"], q["offset"]), f"{name}-quota", q["limit"], q["period"], q["offset"], quota_scope)
         overrides = []
         for op_id in sorted(conf.get("operations") or {}):
             optr = f"{ptr}/operations/{escape_pointer_token(op_id)}"

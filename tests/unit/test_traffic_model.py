@@ -124,4 +124,5 @@ def test_plan_scope_follows_redis(tmp_path):
     plans = {p.name: p for p in gateway.traffic.plans}
     assert plans["free"].rate.scope == "fleet" and plans["free"].quota.scope == "fleet"
     assert plans["local"].rate.scope == "node"
+    assert plans["local"].quota is None
     assert plans["free"].quota.offset == 1
