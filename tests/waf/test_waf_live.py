@@ -58,7 +58,7 @@ def _missing_runtime() -> str:
     return ""
 
 
-def spec(backend_port: int) -> dict:
+def spec(backend_port: int, dead_port: int) -> dict:
     json_body = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
     paths: Dict[str, dict] = {}
     for mode, waf in MODE_WAF.items():
@@ -84,13 +84,18 @@ def spec(backend_port: int) -> dict:
     paths["/ipdeny/search"] = {"x-gateway": {"ip": {"deny": ["127.0.0.0/8"]}},
                                "get": {**attackable["get"], "operationId": "ipdenySearch"}}
     paths["/auth/search"] = {"get": {**attackable["get"], "operationId": "authSearch", "security": [{"basic": []}]}}
+    # A backend nobody listens on: where its connect error is logged (docs/waf.md, "Logs").
+    for mode, waf in (("block", None), ("detect", {"mode": "detect"})):
+        gw = {"upstream": "dead", **({} if waf is None else {"waf": waf})}
+        paths[f"/dead{mode}/search"] = {"x-gateway": gw, "get": {**attackable["get"], "operationId": f"dead{mode}Search"}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "WAF live", "version": "1"},
         "security": [],
         "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic", "x-gateway": {"credentials": "users.yaml"}}}},
         "x-gateway": {
-            "upstreams": {"app": {"servers": [f"http://127.0.0.1:{backend_port}"]}},
+            "upstreams": {"app": {"servers": [f"http://127.0.0.1:{backend_port}"]},
+                          "dead": {"servers": [f"http://127.0.0.1:{dead_port}"]}},
             "upstream": "app",
             # Validation would refuse some attacks first; the WAF is what is under test.
             "validate": {"parameters": False, "body": False},
@@ -137,7 +142,7 @@ def gateway(tmp_path_factory):
     # One user whose password nobody sends: the auth operation only has to refuse.
     (work / "users.yaml").write_text("users: [{username: nobody, password_hash: 'pbkdf2-sha256$1000$c2FsdHNhbHQ$"
                                      + "A" * 43 + "'}]\n", encoding="utf-8")
-    spec_file.write_text(yaml.safe_dump(spec(server.server_address[1]), sort_keys=False), encoding="utf-8")
+    spec_file.write_text(yaml.safe_dump(spec(server.server_address[1], free_port()), sort_keys=False), encoding="utf-8")
     out = work / "out"
     port = free_port()
     cmd = [sys.executable, "-m", "gwc.cli", "build", str(spec_file), "-o", str(out), "--listen", f"127.0.0.1:{port}",
@@ -213,6 +218,24 @@ def test_case(gateway, test, mode):
             _RECORDS.append((headers["x-request-id"], ids, f"{test['test_id']}:{mode}", status))
     if test.get("payload"):
         _PAYLOADS.append(test["payload"])
+
+
+def test_upstream_errors_reach_the_error_log_in_detect_locations_only(gateway):
+    """A detect location keeps nginx's error log (ModSecurity never refuses there and its rule
+    messages are [info]); a block location logs only [crit], so its upstream's connect error is
+    missing there, while the access log still has the upstream's address and status."""
+    for mode in ("detect", "block"):
+        status, headers, body = raw_request(gateway["port"], _request(
+            {"uri": f"/dead{mode}/search?q=dead-{mode}"}, mode, f"dead-{mode}"))
+        assert status == 502, body[:200]
+        assert json.loads(body)["status"] == 502
+    errors = _wait_for(gateway["nginx"].error_log, ["dead-detect"])
+    lines = [line for line in errors.splitlines() if "while connecting to upstream" in line]
+    assert any("/deaddetect/search?q=dead-detect" in line for line in lines), errors[-2000:]
+    assert not any("/deadblock/" in line for line in lines), "a block location's error log kept an [error] line"
+    access = _wait_for(gateway["out"] / "logs" / "access.log", ['"/deadblock/search"'])
+    entry = [json.loads(l) for l in access.splitlines() if '"/deadblock/search"' in l][-1]
+    assert entry["status"] == 502 and entry["upstream_status"] == "502" and entry["upstream_addr"], entry
 
 
 def _audit_records(text: str) -> Dict[str, str]:

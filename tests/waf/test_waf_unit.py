@@ -273,6 +273,39 @@ def test_directives_are_allowed_and_only_in_waf_locations(tmp_path):
         assert len(line_token.encode()) < 4096
 
 
+def test_block_locations_log_only_crit_and_detect_locations_keep_the_error_log(tmp_path):
+    result = ok(tmp_path, "waf: {}", "x-gateway: {waf: {mode: detect}}")
+    payload = crossplane.parse(str(_write(result)), strict=False, check_ctx=False, check_args=False, single=True)
+    server = [d for d in _walk(payload["config"][0]["parsed"]) if d["directive"] == "server" and "block" in d][0]
+    locations = {loc["args"][-1]: loc["block"] for loc, _ in _locations(server["block"])}
+    by_id = dict(zip([op.operation_id for op in result.plan.gateway.operations], result.plan.operation_locations))
+    levels = {op_id: [d["args"][1] for d in locations[f"gw:{ident}"] if d["directive"] == "error_log"]
+              for op_id, ident in by_id.items()}
+    assert levels == {"search": [], "replace": ["crit"], "open": []}
+
+
+def test_the_crs_is_parsed_once_around_the_crs_locations_only(tmp_path):
+    result = ok(tmp_path, "waf: {}", "x-gateway: {waf: {rules: none}}")
+    conf = result.files["nginx.conf"].decode()
+    assert conf.count(f"Include {waf.CRS_RULES_DIR}/REQUEST-942*.conf") == 1
+    payload = crossplane.parse(str(_write(result)), strict=False, check_ctx=False, check_args=False, single=True)
+    server = [d for d in _walk(payload["config"][0]["parsed"]) if d["directive"] == "server" and "block" in d][0]
+    parents = {loc["args"][-1]: [p["args"] for p in up] for loc, up in _locations(server["block"])}
+    by_id = dict(zip([op.operation_id for op in result.plan.gateway.operations], result.plan.operation_locations))
+    assert parents[f"gw:{by_id['replace']}"] == [["gw:"]]  # the CRS operation
+    assert parents[f"gw:{by_id['search']}"] == [] and parents[f"gw:{by_id['open']}"] == []  # rules: none, waf: false
+    holder = [loc for loc, _ in _locations(server["block"]) if loc["args"] == ["gw:"]][0]["block"]
+    assert [d["directive"] for d in holder][0] == "internal"
+    assert not [d for d in holder if d["directive"] == "modsecurity"]  # on only in the operations' locations
+    # without a CRS operation there is no holder
+    assert "location gw: {" not in ok(tmp_path, "waf: {rules: none}").files["nginx.conf"].decode()
+
+
+def test_conf_d_names_the_module_to_load(tmp_path):
+    assert f"load_module {waf.MODSECURITY_MODULE};" in ok(tmp_path, "waf: {}").files["conf.d/gateway.conf"].decode()
+    assert "load_module" not in ok(tmp_path, "").files["conf.d/gateway.conf"].decode()
+
+
 def test_quoting_round_trips_through_nginx_s_rules():
     text = "a 'b' \\ \\\\ \\n \"c\" ; { } $x\n"
     quoted = waf.nginx_quoted(text)
