@@ -221,7 +221,7 @@ def test_case(gateway, test, mode):
 
 
 def test_upstream_errors_reach_the_error_log_in_detect_locations_only(gateway):
-    """A detect location keeps nginx's error log (ModSecurity never refuses there and its rule
+    """A detect location logs [notice] and worse (ModSecurity never refuses there and its rule
     messages are [info]); a block location logs only [crit], so its upstream's connect error is
     missing there, while the access log still has the upstream's address and status."""
     for mode in ("detect", "block"):

@@ -273,7 +273,7 @@ def test_directives_are_allowed_and_only_in_waf_locations(tmp_path):
         assert len(line_token.encode()) < 4096
 
 
-def test_block_locations_log_only_crit_and_detect_locations_keep_the_error_log(tmp_path):
+def test_block_locations_log_only_crit_and_detect_locations_notice(tmp_path):
     result = ok(tmp_path, "waf: {}", "x-gateway: {waf: {mode: detect}}")
     payload = crossplane.parse(str(_write(result)), strict=False, check_ctx=False, check_args=False, single=True)
     server = [d for d in _walk(payload["config"][0]["parsed"]) if d["directive"] == "server" and "block" in d][0]
@@ -281,7 +281,7 @@ def test_block_locations_log_only_crit_and_detect_locations_keep_the_error_log(t
     by_id = dict(zip([op.operation_id for op in result.plan.gateway.operations], result.plan.operation_locations))
     levels = {op_id: [d["args"][1] for d in locations[f"gw:{ident}"] if d["directive"] == "error_log"]
               for op_id, ident in by_id.items()}
-    assert levels == {"search": [], "replace": ["crit"], "open": []}
+    assert levels == {"search": ["notice"], "replace": ["crit"], "open": []}
 
 
 def test_the_crs_is_parsed_once_around_the_crs_locations_only(tmp_path):
