@@ -45,7 +45,10 @@ MODE_WAF = {
     ]},
     "small": {"inspect": {"max_body": "1k"}},
     "partial": {"inspect": {"max_body": "1k", "oversize": "pass"}},
+    # No CRS: outside the location that holds it, only its own rules file applies.
+    "own": {"rules": "none", "rules_files": ["own.conf"]},
 }
+OWN_RULES = 'SecRule REQUEST_HEADERS:X-Probe "@streq 1" "id:10001,phase:1,deny,status:403,nolog,msg:\'probe\'"\n'
 
 
 def _missing_runtime() -> str:
@@ -142,6 +145,7 @@ def gateway(tmp_path_factory):
     # One user whose password nobody sends: the auth operation only has to refuse.
     (work / "users.yaml").write_text("users: [{username: nobody, password_hash: 'pbkdf2-sha256$1000$c2FsdHNhbHQ$"
                                      + "A" * 43 + "'}]\n", encoding="utf-8")
+    (work / "own.conf").write_text(OWN_RULES, encoding="utf-8")
     spec_file.write_text(yaml.safe_dump(spec(server.server_address[1], free_port()), sort_keys=False), encoding="utf-8")
     out = work / "out"
     port = free_port()
@@ -218,6 +222,21 @@ def test_case(gateway, test, mode):
             _RECORDS.append((headers["x-request-id"], ids, f"{test['test_id']}:{mode}", status))
     if test.get("payload"):
         _PAYLOADS.append(test["payload"])
+
+
+def test_rules_none_runs_only_its_own_rules(gateway):
+    """An operation with rules: none sits outside the location that holds the CRS: an attack
+    the CRS refuses elsewhere passes, and its own rules file still refuses (WAF_FILTERED)."""
+    attack = {"uri": "/{mode}/search?q=abc%27%20or%20%27x%27%3D%27x"}
+    status, _, _ = raw_request(gateway["port"], _request(attack, "block", "own-crs-block"))
+    assert status == 403
+    status, headers, _ = raw_request(gateway["port"], _request(attack, "own", "own-crs"))
+    assert status == 200 and headers.get("x-backend") == "app" and "own-crs" in gateway["seen"]
+    probe = {"uri": "/{mode}/search?q=shoes", "headers": {"X-Probe": "1"}}
+    status, headers, body = raw_request(gateway["port"], _request(probe, "own", "own-probe"))
+    assert status == 403 and "own-probe" not in gateway["seen"], body[:200]
+    assert headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["type"] == "https://gwc.dev/problems/waf-filtered"
 
 
 def test_upstream_errors_reach_the_error_log_in_detect_locations_only(gateway):
