@@ -159,9 +159,7 @@ def test_good_targets(target):
 def rules_of(result, location_name: str) -> str:
     """The modsecurity_rules arguments (unquoted) in force in the location named location_name:
     its own, then those of the location it is nested in, in ModSecurity's order of evaluation."""
-    payload = crossplane.parse(str(_write(result)), strict=False, check_ctx=False, check_args=False, single=True)
-    assert payload["status"] == "ok", payload["errors"]
-    server = [d for d in _walk(payload["config"][0]["parsed"]) if d["directive"] == "server" and "block" in d][0]
+    server = _gateway_server(result)
 
     def own(block):
         return "".join(d["args"][0] for d in block if d["directive"] == "modsecurity_rules")
@@ -170,6 +168,13 @@ def rules_of(result, location_name: str) -> str:
         if loc["args"][-1] == location_name:
             return own(loc["block"]) + "".join(own(p["block"]) for p in reversed(parents))
     raise AssertionError(location_name)
+
+
+def _gateway_server(result):
+    """The parsed server {} block of the output's nginx.conf (crossplane)."""
+    payload = crossplane.parse(str(_write(result)), strict=False, check_ctx=False, check_args=False, single=True)
+    assert payload["status"] == "ok", payload["errors"]
+    return [d for d in _walk(payload["config"][0]["parsed"]) if d["directive"] == "server" and "block" in d][0]
 
 
 def _locations(block, parents=()):
@@ -275,8 +280,7 @@ def test_directives_are_allowed_and_only_in_waf_locations(tmp_path):
 
 def test_block_locations_log_only_crit_and_detect_locations_notice(tmp_path):
     result = ok(tmp_path, "waf: {}", "x-gateway: {waf: {mode: detect}}")
-    payload = crossplane.parse(str(_write(result)), strict=False, check_ctx=False, check_args=False, single=True)
-    server = [d for d in _walk(payload["config"][0]["parsed"]) if d["directive"] == "server" and "block" in d][0]
+    server = _gateway_server(result)
     locations = {loc["args"][-1]: loc["block"] for loc, _ in _locations(server["block"])}
     by_id = dict(zip([op.operation_id for op in result.plan.gateway.operations], result.plan.operation_locations))
     levels = {op_id: [d["args"][1] for d in locations[f"gw:{ident}"] if d["directive"] == "error_log"]
@@ -288,8 +292,7 @@ def test_the_crs_is_parsed_once_around_the_crs_locations_only(tmp_path):
     result = ok(tmp_path, "waf: {}", "x-gateway: {waf: {rules: none}}")
     conf = result.files["nginx.conf"].decode()
     assert conf.count(f"Include {waf.CRS_RULES_DIR}/REQUEST-942*.conf") == 1
-    payload = crossplane.parse(str(_write(result)), strict=False, check_ctx=False, check_args=False, single=True)
-    server = [d for d in _walk(payload["config"][0]["parsed"]) if d["directive"] == "server" and "block" in d][0]
+    server = _gateway_server(result)
     parents = {loc["args"][-1]: [p["args"] for p in up] for loc, up in _locations(server["block"])}
     by_id = dict(zip([op.operation_id for op in result.plan.gateway.operations], result.plan.operation_locations))
     assert parents[f"gw:{by_id['replace']}"] == [["gw:"]]  # the CRS operation
