@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .diagnostics import Diagnostic, escape_pointer_token
@@ -179,6 +181,7 @@ class TrafficBuilder:
         self.diags = diags
         self.reachable = reachable  # SecurityBuilder.reachable: a host name needs nginx.resolver
         self.redis: Optional[Redis] = None
+        self.root_dir: Optional[Path] = None
         self._built: Dict[Tuple[str, str, str], Optional[Tuple[RateLimit, ...]]] = {}
 
     def error(self, code: str, message: str, src: SourceFile, ptr: str, key: bool = False) -> None:
@@ -186,8 +189,16 @@ class TrafficBuilder:
         self.diags.append(Diagnostic(code, message, src.display, line, col, ptr))
 
     # --- document-wide ------------------------------------------------------------
+    def _place(self, src: SourceFile) -> str:
+        """The file a limit is written in, relative to the spec's directory: ids must not
+        depend on where the build runs from."""
+        if self.root_dir is None:
+            return Path(src.path).name
+        return os.path.relpath(Path(src.path).resolve(), self.root_dir)
+
     def prepare(self, gw: dict, src: SourceFile) -> None:
         """The Redis settings, which the operations' fleet limits need before the plans are built."""
+        self.root_dir = Path(src.path).resolve().parent
         self.redis = self._redis(gw["redis"], src) if "redis" in gw else None
         if "rate_limit" in gw:  # reported here even where every operation replaces it
             self.limits(gw["rate_limit"], src, "/x-gateway/rate_limit")
@@ -304,7 +315,7 @@ class TrafficBuilder:
                 failed = True
                 continue
             names[conf["name"]] = i
-            limit = self._limit(conf, src, iptr, (src.display, iptr))
+            limit = self._limit(conf, src, iptr, (self._place(src), iptr))
             if limit is None:
                 failed = True
             else:

@@ -126,3 +126,11 @@ def test_plan_scope_follows_redis(tmp_path):
     assert plans["local"].rate.scope == "node"
     assert plans["local"].quota is None
     assert plans["free"].quota.offset == 1
+
+
+def test_limit_ids_do_not_depend_on_where_the_build_runs(tmp_path, monkeypatch):
+    gateway, _ = built(tmp_path, "rate_limit: {rate: 10/s}")
+    monkeypatch.chdir(tmp_path)
+    doc, _ = load("api.yaml")  # the same file, named relative to another working directory
+    again, _ = build(doc)
+    assert [op.limits[0].id for op in again.operations] == [op.limits[0].id for op in gateway.operations]
