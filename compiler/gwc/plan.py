@@ -39,6 +39,14 @@ class Location:
     native_limits: Tuple[RateLimit, ...] = ()  # enforced by nginx's limit_req
     rate_headers: str = "none"  # the rate-limit response headers its operations send (ietf, legacy, both, none)
     waf: Optional[Waf] = None  # ModSecurity + CRS in this location (docs/waf.md); None: no modsecurity directive
+    cors: Optional[object] = None  # the CORS policy of its operations (cors.py); None: no CORS headers
+    cache: Optional[object] = None  # the response cache (response_cache.py); None: not cached
+    compression: Optional[object] = None  # response compression (compression.py); None: off
+
+    @property
+    def has_response_headers(self) -> bool:
+        """Whether the location adds response headers of its own (which replace the server's add_header)."""
+        return self.rate_headers != "none" or bool(self.cors or self.cache or self.compression)
 
     @property
     def native_retry_after(self) -> int:
