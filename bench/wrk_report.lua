@@ -4,6 +4,9 @@
 -- Optional request shaping, from the environment (set by bench/run.py):
 --   GWC_BENCH_HEADERS  a file of "Name: value" lines; request n sends line n
 --                      (cycling), e.g. a pool of distinct bearer tokens
+--   GWC_BENCH_FIXED_HEADERS  a file of "Name: value" lines, all sent on every
+--                      request (e.g. a CORS preflight's Origin and
+--                      Access-Control-Request-* headers)
 --   GWC_BENCH_METHOD, GWC_BENCH_BODY_FILE, GWC_BENCH_CONTENT_TYPE
 local header_lines = {}
 local next_line = 0
@@ -21,6 +24,13 @@ init = function(args)
         for line in read_file(headers_file):gmatch("[^\n]+") do
             local name, value = line:match("^([^:]+): (.*)$")
             header_lines[#header_lines + 1] = { name, value }
+        end
+    end
+    local fixed_file = os.getenv("GWC_BENCH_FIXED_HEADERS")
+    if fixed_file and fixed_file ~= "" then
+        for line in read_file(fixed_file):gmatch("[^\n]+") do
+            local name, value = line:match("^([^:]+): (.*)$")
+            wrk.headers[name] = value
         end
     end
     local method = os.getenv("GWC_BENCH_METHOD")
