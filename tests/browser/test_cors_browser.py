@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -44,11 +45,11 @@ info: {{title: gwc real-browser CORS suite, version: "1.0"}}
 x-gateway:
   upstreams:
     echo: {{servers: ["http://127.0.0.1:{backend}"]}}
+    down: {{servers: ["http://127.0.0.1:{closed}"], timeout: {{connect: 1s}}, retries: {{count: 0}}}}
   upstream: echo
   nginx: {{worker_processes: 1}}   # one access-log buffer: entries in request order
-  cors:
+  cors:                           # `headers` left to its default: what the spec implies
     origins: ["{app_origin}"]
-    headers: [X-Trace, Content-Type, Authorization]
     expose: [X-Backend]
     credentials: true
     max_age: 600
@@ -62,19 +63,27 @@ components:
       x-gateway: {{issuer: "{issuer}", audiences: [{audience}], algorithms: [RS256], jwks: {jwks}}}
   parameters:
     id: {{name: id, in: path, required: true, schema: {{type: string}}}}
+    trace: {{name: X-Trace, in: header, required: false, schema: {{type: string}}}}
   responses:
     ok: {{description: OK}}
 paths:
   /items/{{id}}:
-    parameters: [{{$ref: "#/components/parameters/id"}}]
+    parameters: [{{$ref: "#/components/parameters/id"}}, {{$ref: "#/components/parameters/trace"}}]
     get: {{operationId: getItem, responses: {{"200": {{$ref: "#/components/responses/ok"}}}}}}
     put: {{operationId: putItem, responses: {{"200": {{$ref: "#/components/responses/ok"}}}}}}
   /open/{{id}}:
-    parameters: [{{$ref: "#/components/parameters/id"}}]
+    parameters: [{{$ref: "#/components/parameters/id"}}, {{$ref: "#/components/parameters/trace"}}]
     x-gateway:
       cors: {{credentials: false, headers: [Content-Type], expose: []}}
     get: {{operationId: getOpen, responses: {{"200": {{$ref: "#/components/responses/ok"}}}}}}
     put: {{operationId: putOpen, responses: {{"200": {{$ref: "#/components/responses/ok"}}}}}}
+  /fresh/{{id}}:
+    parameters: [{{$ref: "#/components/parameters/id"}}, {{$ref: "#/components/parameters/trace"}}]
+    x-gateway: {{cors: {{max_age: 0}}}}
+    put: {{operationId: putFresh, responses: {{"200": {{$ref: "#/components/responses/ok"}}}}}}
+  /off:
+    x-gateway: {{cors: false}}
+    get: {{operationId: getOff, responses: {{"200": {{$ref: "#/components/responses/ok"}}}}}}
   /private:
     get:
       operationId: getPrivate
@@ -85,7 +94,20 @@ paths:
       operationId: getLimited
       x-gateway: {{rate_limit: {{name: browser, rate: 1/min, burst: 0, key: global}}}}
       responses: {{"200": {{$ref: "#/components/responses/ok"}}}}
+  /small/{{id}}:
+    parameters: [{{$ref: "#/components/parameters/id"}}]
+    put:
+      operationId: putSmall
+      x-gateway: {{max_body_size: 1k}}
+      responses: {{"200": {{$ref: "#/components/responses/ok"}}}}
+  /down:
+    get:
+      operationId: getDown
+      x-gateway: {{upstream: down}}
+      responses: {{"200": {{$ref: "#/components/responses/ok"}}}}
 """
+# [error] lines the cases cause on purpose: (request line, message).
+EXPECTED_ERRORS = [("GET /down HTTP/1.1", "connect() failed")]
 
 CASE_KEYS = {"name", "page", "path", "init", "repeat", "expect"}
 EXPECT_KEYS = {"outcome", "error", "status", "type", "headers", "body_json", "log"}
@@ -201,7 +223,7 @@ def gateway(origins):
         with echo_backend("A") as backend:
             port = free_port()
             spec = work / "browser.yaml"
-            spec.write_text(SPEC.format(backend=backend, app_origin=origins["app"], issuer=ISSUER, audience=AUDIENCE,
+            spec.write_text(SPEC.format(backend=backend, closed=free_port(), app_origin=origins["app"], issuer=ISSUER, audience=AUDIENCE,
                                         jwks=json.dumps(jwks)), encoding="utf-8")
             out = work / "out"
             gwc_build(spec, out, f"127.0.0.1:{port}", rt.target)
@@ -235,8 +257,9 @@ def pages(browser, origins, gateway, artifacts_dir):
 
 
 def _fill(value: Any, token: str) -> Any:
+    """__TOKEN__: a valid JWT; __PAD_<n>__: n letters (an over-long body)."""
     if isinstance(value, str):
-        return value.replace("__TOKEN__", token)
+        return re.sub(r"__PAD_([0-9]{1,7})__", lambda m: "a" * int(m.group(1)), value.replace("__TOKEN__", token))
     if isinstance(value, dict):
         return {k: _fill(v, token) for k, v in value.items()}
     if isinstance(value, list):
@@ -316,5 +339,5 @@ def test_browser_cors(case: Case, pages, origins, gateway):
 def test_zz_gateway_error_log_clean(pages, gateway):
     """After the cases: no [error]-or-worse line and no Lua error in the gateway's error log."""
     text = gateway.error_log.read_text(errors="replace") if gateway.error_log.exists() else ""
-    bad = unexpected_log_lines(text, [])
+    bad = unexpected_log_lines(text, EXPECTED_ERRORS)
     assert not bad, "unexpected lines in the gateway's error log:\n" + "\n".join(bad)
