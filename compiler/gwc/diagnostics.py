@@ -64,6 +64,11 @@ CODES = {
     "GW095": "invalid WAF setting (exclusion rule id, range or target; rules file)",
     "GW096": "WAF max_body beyond the operation's body limit",
     "GW097": "the WAF's ModSecurity module or the OWASP CRS is not installed in the runtime",
+    "GW120": "compression level outside 1-9",
+    "GW121": "not a media type (compression.types, binary_media_types, x-amazon-apigateway-binary-media-types)",
+    "GW122": "invalid compression min_size or x-amazon-apigateway-minimum-compression-size (negative or unparsable)",
+    "GW123": "brotli asked for (compression.brotli: auto) but the build host has no brotli module: gzip only (warning)",
+    "GW124": "binary media types that cover every compression type, or text/html (warning)",
 }
 
 

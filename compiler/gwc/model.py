@@ -25,6 +25,7 @@ from .traffic import NO_TRAFFIC, RateLimit, Traffic, TrafficBuilder
 from .validation import aws_switches
 from .validate import HTTP_METHODS, gateway_locations
 from .waf import Waf, build as build_waf
+from .compression import Compression, CompressionBuilder
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -129,6 +130,7 @@ class Operation:
     body_media_types: Tuple[str, ...] = ()  # requestBody content keys, lower case
     limits: Tuple[RateLimit, ...] = ()  # the effective `rate_limit` list
     waf: Optional[Waf] = None  # the effective `waf`; None: off
+    compression: Optional[Compression] = None  # the effective `compression` (compression.py); None: off
 
     @property
     def needs_validation(self) -> bool:
@@ -430,6 +432,9 @@ class _Builder:
                                         method.upper(), self.body_media_types(op, src), body_limit, limit_name)
                     if not ok:
                         continue
+                ok, compression = self.compression.operation(op_gw.get("compression"), item_gw.get("compression"), src, op_ptr, deep_merge)
+                if not ok:
+                    continue
                 rewrite = merged.get("path")
                 if rewrite is not None:
                     missing = substitute_ok(rewrite, template.params)
@@ -450,6 +455,7 @@ class _Builder:
                         body_media_types=self.body_media_types(op, src),
                         limits=limits,
                         waf=waf,
+                        compression=compression,
                     )
                 )
         return tuple(out)
@@ -669,6 +675,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
     b.mtls_ready = bool(tls and tls.client_ca)
     trusted = sec.cidrs(gw["trusted_proxies"], root, "/x-gateway/trusted_proxies") or ()
     b.traffic.prepare(gw, root)
+    b.compression = CompressionBuilder(data, raw_gw, root, b.diags)
     operations = b.operations(gw, declared)
     traffic = b.traffic.gateway(gw, root, set(b.operation_ids), _consumer_plans(sec, b.consumers, gw, root))
     info = data.get("info") if isinstance(data.get("info"), dict) else {}

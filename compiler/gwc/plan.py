@@ -392,14 +392,14 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
             zones.setdefault(limit.id, LimitZone(f"gwl_{limit.id}", NATIVE_KEYS[limit.key], limit.nginx_rate(), gateway.traffic.memory))
         rate_headers = gateway.traffic.headers if (lua_limits(op, gateway) or plans_apply(op, gateway)) else "none"
         body_limit = effective_body_limit(op.waf, op.max_body_size, gateway.nginx.client_max_body_size)
-        key = (kind, op.upstream if kind == "proxy" else None, lua_access, body_limit, op.access.ip, native, rate_headers, op.waf)
+        key = (kind, op.upstream if kind == "proxy" else None, lua_access, body_limit, op.access.ip, native, rate_headers, op.waf, op.compression)
         if key not in index_of:
             ident = str(len(locations) + 1)
             index_of[key] = ident
             up = gateway.upstream(op.upstream) if kind == "proxy" else None
             buffer = body_limit or gateway.nginx.client_max_body_size
             ip_variable = geos[op.access.ip].variable if op.access.ip is not None else None
-            locations.append(Location(ident, kind, up, lua_access, body_limit, ip_variable, buffer, native, rate_headers, op.waf))
+            locations.append(Location(ident, kind, up, lua_access, body_limit, ip_variable, buffer, native, rate_headers, op.waf, compression=op.compression))
         op_locs.append(index_of[key])
     return Plan(gateway, tuple(locations), tuple(op_locs), tuple(routes), tuple(geos.values()),
                 limit_zones=tuple(zones[k] for k in sorted(zones))), diags

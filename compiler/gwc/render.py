@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import jinja2
 
 from . import __version__, problems, waf as waf_rules
+from .compression import BROTLI_MODULE
 from .diagnostics import Diagnostic
 from .plan import Plan
 from .resources import lua_dir, templates_dir
@@ -192,6 +193,10 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
     files: Dict[str, bytes] = {}
     uses_waf = any(loc.waf is not None for loc in plan.locations)
     modules = NGINX_LUA_MODULES + ((waf_rules.MODSECURITY_MODULE,) if uses_waf else ())
+    # brotli only where a location compresses with it (compression.py decides per target).
+    if any(loc.compression is not None and loc.compression.uses_brotli(options.target) for loc in plan.locations):
+        modules += (BROTLI_MODULE,)
+    env.globals.update(compression_target=options.target)
     # ModSecurity resolves its paths against nginx's working directory, not its prefix.
     env.globals.update(
         waf_error_pages=[status for status in problems.ERROR_PAGE_STATUSES if status != 403],

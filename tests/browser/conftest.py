@@ -18,6 +18,10 @@ import pytest
 
 BROWSER_DIR = Path(__file__).resolve().parent
 DEFAULT_ARTIFACTS = BROWSER_DIR.parent / "artifacts"  # git-ignored
+# Names under these domains resolve to loopback inside the browser only: pages on
+# wildcard-subdomain origins (and lookalikes) served by the loopback page servers.
+TEST_DOMAINS = ("gwc.test", "evil.test")
+HOST_RULES = ", ".join(f"MAP *.{d} 127.0.0.1" for d in TEST_DOMAINS)
 
 
 def _unavailable(reason: str):
@@ -46,7 +50,8 @@ def browser():
         _unavailable("no chromium at /usr/bin/chromium ($GWC_CHROMIUM; scripts/install-runtime --with-test-tools)")
     with sync_playwright() as p:
         # Root cannot use chromium's sandbox; loopback pages only.
-        b = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"], timeout=30_000)
+        b = p.chromium.launch(executable_path=executable, headless=True, timeout=30_000,
+                              args=["--no-sandbox", f"--host-resolver-rules={HOST_RULES}"])
         try:
             yield b
         finally:

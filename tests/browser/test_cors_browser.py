@@ -39,6 +39,18 @@ ISSUER = "https://issuer.test/"
 AUDIENCE = "gwc-browser"
 LOG_DEADLINE_S = 5.0
 
+# The pages' origins. `app` and the wildcard `http://*.apps.gwc.test:<app port>`
+# are listed; the others are not. *.gwc.test and *.evil.test resolve to loopback
+# in the browser (conftest.HOST_RULES); the app's page server answers every name.
+PAGE_HOSTS = {
+    "app": "127.0.0.1",
+    "sub": "one.apps.gwc.test",
+    "deep": "a.b.apps.gwc.test",
+    "apex": "apps.gwc.test",
+    "lookalike": "evil-apps.gwc.test",
+    "suffix_lookalike": "apps.gwc.test.evil.test",
+}
+
 SPEC = """\
 openapi: 3.1.0
 info: {{title: gwc real-browser CORS suite, version: "1.0"}}
@@ -49,7 +61,7 @@ x-gateway:
   upstream: echo
   nginx: {{worker_processes: 1}}   # one access-log buffer: entries in request order
   cors:                           # `headers` left to its default: what the spec implies
-    origins: ["{app_origin}"]
+    origins: ["{app_origin}", "http://*.apps.gwc.test:{app_port}"]
     expose: [X-Backend]
     credentials: true
     max_age: 600
@@ -130,8 +142,8 @@ def load_cases() -> List[Case]:
         if set(raw) - CASE_KEYS or set(raw.get("expect") or {}) - EXPECT_KEYS:
             raise ValueError(f"{CASES_FILE.name}: {raw.get('name')}: unknown keys "
                              f"{sorted((set(raw) - CASE_KEYS) | (set(raw.get('expect') or {}) - EXPECT_KEYS))}")
-        if raw["page"] not in ("app", "stranger"):
-            raise ValueError(f"{CASES_FILE.name}: {raw['name']}: page must be app or stranger")
+        if raw["page"] not in (*PAGE_HOSTS, "stranger"):
+            raise ValueError(f"{CASES_FILE.name}: {raw['name']}: page must be one of {sorted((*PAGE_HOSTS, 'stranger'))}")
         out.append(Case(raw["name"], raw["page"], raw["path"], raw.get("init") or {}, int(raw.get("repeat", 1)),
                         raw["expect"]))
     return out
@@ -207,7 +219,9 @@ class Gateway:
 @pytest.fixture(scope="module")
 def origins():
     with page_server() as app, page_server() as stranger:
-        yield {"app": f"http://127.0.0.1:{app}", "stranger": f"http://127.0.0.1:{stranger}"}
+        out = {name: f"http://{host}:{app}" for name, host in PAGE_HOSTS.items()}
+        out["stranger"] = f"http://127.0.0.1:{stranger}"
+        yield out
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +237,7 @@ def gateway(origins):
         with echo_backend("A") as backend:
             port = free_port()
             spec = work / "browser.yaml"
-            spec.write_text(SPEC.format(backend=backend, closed=free_port(), app_origin=origins["app"], issuer=ISSUER, audience=AUDIENCE,
+            spec.write_text(SPEC.format(backend=backend, closed=free_port(), app_origin=origins["app"], app_port=origins["app"].rsplit(":", 1)[1], issuer=ISSUER, audience=AUDIENCE,
                                         jwks=json.dumps(jwks)), encoding="utf-8")
             out = work / "out"
             gwc_build(spec, out, f"127.0.0.1:{port}", rt.target)
@@ -240,13 +254,18 @@ def pages(browser, origins, gateway, artifacts_dir):
     # Cookies ignore ports: this one goes to the gateway's origin, from a page that is same-site with it.
     context.add_cookies([{"name": "gwc_session", "value": "browser-suite", "url": gateway.origin}])
     opened = {}
+
+    def page(name: str):
+        if name not in opened:
+            p = context.new_page()
+            p.set_default_timeout(15_000)
+            p.goto(origins[name] + "/index.html", wait_until="load")
+            opened[name] = p
+        return opened[name]
+
     try:
-        for name, origin in origins.items():
-            page = context.new_page()
-            page.set_default_timeout(15_000)
-            page.goto(origin + "/index.html", wait_until="load")
-            opened[name] = page
-        yield opened
+        page("app")
+        yield page
     finally:
         if "app" in opened:
             opened["app"].screenshot(path=str(artifacts_dir / "cors-browser.png"), full_page=True)
@@ -256,19 +275,21 @@ def pages(browser, origins, gateway, artifacts_dir):
 # --------------------------------------------------------------------------- checks
 
 
-def _fill(value: Any, token: str) -> Any:
-    """__TOKEN__: a valid JWT; __PAD_<n>__: n letters (an over-long body)."""
+def _fill(value: Any, fills: Dict[str, str]) -> Any:
+    """__TOKEN__: a valid JWT; __APP_PORT__: the app page's port; __PAD_<n>__: n letters (an over-long body)."""
     if isinstance(value, str):
-        return re.sub(r"__PAD_([0-9]{1,7})__", lambda m: "a" * int(m.group(1)), value.replace("__TOKEN__", token))
+        for k, v in fills.items():
+            value = value.replace(k, v)
+        return re.sub(r"__PAD_([0-9]{1,7})__", lambda m: "a" * int(m.group(1)), value)
     if isinstance(value, dict):
-        return {k: _fill(v, token) for k, v in value.items()}
+        return {k: _fill(v, fills) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fill(v, token) for v in value]
+        return [_fill(v, fills) for v in value]
     return value
 
 
-def _verdict(case: Case, seen: Dict[str, Any], counts: Dict[str, int]) -> List[str]:
-    want = case.expect
+def _verdict(case: Case, seen: Dict[str, Any], counts: Dict[str, int], fills: Dict[str, str]) -> List[str]:
+    want = _fill(case.expect, fills)
     errs = []
     if seen.get("outcome") != want["outcome"]:
         errs.append(f"fetch {seen.get('outcome')}, expected {want['outcome']}")
@@ -320,18 +341,19 @@ def _describe_seen(seen: Dict[str, Any], counts: Dict[str, int]) -> str:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_browser_cors(case: Case, pages, origins, gateway):
+    fills = {"__TOKEN__": gateway.token, "__APP_PORT__": origins["app"].rsplit(":", 1)[1]}
     request = {
         "url": gateway.origin + case.path,
-        "init": _fill(case.init, gateway.token),
+        "init": _fill(case.init, fills),
         "repeat": case.repeat,
         "read": list((case.expect.get("headers") or {}).keys()),
         "timeout_ms": 10_000,
     }
-    seen = pages[case.page].evaluate("c => gwcFetch(c)", request)
+    seen = pages(case.page).evaluate("c => gwcFetch(c)", request)
     want_log = case.expect.get("log") or {}
     counts = gateway.log_counts(case.path, sum(want_log.values())) if want_log else {}
-    errs = _verdict(case, seen, counts)
-    pages["app"].evaluate("a => gwcShow(...a)", [case.name, origins[case.page], _describe_request(case),
+    errs = _verdict(case, seen, counts, fills)
+    pages("app").evaluate("a => gwcShow(...a)", [case.name, origins[case.page], _describe_request(case),
                                                  _describe_seen(seen, counts), not errs])
     assert not errs, f"{case.name}:\n  " + "\n  ".join(errs) + f"\n  the page saw: {json.dumps(seen)[:800]}"
 
