@@ -31,8 +31,10 @@ def _unavailable(reason: str):
 
 
 def chromium_path() -> Optional[str]:
-    for candidate in (os.environ.get("GWC_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    """$GWC_CHROMIUM when set (and nothing else), else Debian's /usr/bin/chromium or a chromium on PATH."""
+    explicit = os.environ.get("GWC_CHROMIUM")
+    candidates = (explicit,) if explicit else ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+    for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
