@@ -53,6 +53,88 @@ CRS_SCORING_RULES: Tuple[int, ...] = (
     951240, 951250, 951260, 952100, 952110, 953100, 953110, 953120, 954100, 954110, 954120, 954130,
 )
 
+
+
+@dataclass(frozen=True)
+class MultiMatchRule:
+    """A CRS rule marked multiMatch, which gwc replaces by its own rules (docs/waf.md, "Logs").
+
+    libmodsecurity 3.0.9 (and 3.0.13) records a message for every multiMatch match,
+    matched value included, before any nolog of the rule can act, so such a rule
+    always puts the payload in the audit record. gwc removes the CRS rule
+    (SecRuleRemoveById) and runs, in its place, one rule per stage of the
+    rule's transformations (the original value, then after each transformation:
+    the values multiMatch tests) with the same variables and operator. A stage
+    that matches only flags the variable and its value after the stage's
+    transformations (tx.gwc_mm_<id>_<variable>_<value>: a transformation that
+    changes nothing gives the same flag, and multiMatch tests only the values
+    that changed); one rule then adds the CRS rule's scores once per flag, as
+    multiMatch adds them once per match, and one names the CRS id in
+    tx.gwc_rules. The flags live in the transaction only (no audit part gwc
+    writes holds TX). Texts copied from CRS 3.3.4 (Debian's package);
+    tests/waf/test_waf_unit.py checks them against the installed CRS."""
+
+    id: int
+    paranoia: int
+    variables: str
+    operator: str  # as between the double quotes of the CRS file
+    transformations: Tuple[str, ...]  # starting with none
+    scores: Tuple[str, ...]  # the CRS rule's setvars
+    tags: Tuple[str, ...]
+    base: int  # gwc ids: base + stage, base + 7 naming it in tx.gwc_rules, base + 8 the paranoia guard, base + 9 scoring
+
+    @property
+    def stages(self) -> Tuple[Tuple[str, ...], ...]:
+        """The transformations of each stage: none, then each prefix of the rest."""
+        return tuple(self.transformations[:n] for n in range(1, len(self.transformations) + 1))
+
+    @property
+    def stage_ids(self) -> Tuple[int, int]:
+        """The first and last id of the stage rules (the ids an exclusion of `id` also names)."""
+        return self.base, self.base + len(self.transformations) - 1
+
+
+_CRITICAL = "=+%{tx.critical_anomaly_score}"
+CRS_MULTIMATCH_RULES: Tuple[MultiMatchRule, ...] = (
+    MultiMatchRule(
+        930110, 1, "REQUEST_URI|ARGS|REQUEST_HEADERS|!REQUEST_HEADERS:Referer|XML:/*",
+        r"@rx (?:^|[\\/])\.\.(?:[\\/]|$)",
+        ("none", "utf8toUnicode", "urlDecodeUni", "removeNulls", "cmdLine"),
+        ("tx.anomaly_score_pl1" + _CRITICAL, "tx.lfi_score" + _CRITICAL),
+        ("application-multi", "language-multi", "platform-multi", "attack-lfi", "paranoia-level/1", "OWASP_CRS",
+         "capec/1000/255/153/126"),
+        OWN_RULE_BASE + 1000),
+    MultiMatchRule(
+        934100, 1, "REQUEST_COOKIES|!REQUEST_COOKIES:/__utm/|REQUEST_COOKIES_NAMES|ARGS_NAMES|ARGS|XML:/*",
+        r"@rx (?:(?:_(?:\$\$ND_FUNC\$\$_|_js_function)|(?:new\s+Function|\beval)\s*\(|String\s*\.\s*fromCharCode"
+        r"|function\s*\(\s*\)\s*{|this\.constructor)|module\.exports\s*=)",
+        ("none", "urlDecodeUni", "base64Decode"),
+        ("tx.rce_score" + _CRITICAL, "tx.anomaly_score_pl1" + _CRITICAL),
+        ("application-multi", "language-javascript", "platform-multi", "attack-rce", "attack-injection-nodejs",
+         "paranoia-level/1", "OWASP_CRS", "capec/1000/152/242"),
+        OWN_RULE_BASE + 1010),
+    MultiMatchRule(
+        942100, 1, "REQUEST_COOKIES|!REQUEST_COOKIES:/__utm/|REQUEST_COOKIES_NAMES|REQUEST_HEADERS:User-Agent"
+        "|REQUEST_HEADERS:Referer|ARGS_NAMES|ARGS|XML:/*",
+        "@detectSQLi",
+        ("none", "utf8toUnicode", "urlDecodeUni", "removeNulls"),
+        ("tx.anomaly_score_pl1" + _CRITICAL, "tx.sql_injection_score" + _CRITICAL),
+        ("application-multi", "language-multi", "platform-multi", "attack-sqli", "paranoia-level/1", "OWASP_CRS",
+         "capec/1000/152/248/66", "PCI/6.5.2"),
+        OWN_RULE_BASE + 1020),
+    MultiMatchRule(
+        942130, 2, "ARGS_NAMES|ARGS|XML:/*",
+        r"""@rx (?i:[\s'\"`()]*?\b([\d\w]+)\b[\s'\"`()]*?(?:<(?:=(?:[\s'\"`()]*?(?!\b\1\b)[\d\w]+|>[\s'\"`()]*?"""
+        r"""(?:\b\1\b))|>?[\s'\"`()]*?(?!\b\1\b)[\d\w]+)|(?:not\s+(?:regexp|like)|is\s+not|>=?|!=|\^)[\s'\"`()]*?"""
+        r"""(?!\b\1\b)[\d\w]+|(?:(?:sounds\s+)?like|r(?:egexp|like)|=)[\s'\"`()]*?(?:\b\1\b)))""",
+        ("none", "urlDecodeUni", "replaceComments"),
+        ("tx.sql_injection_score" + _CRITICAL, "tx.anomaly_score_pl2" + _CRITICAL),
+        ("application-multi", "language-multi", "platform-multi", "attack-sqli", "OWASP_CRS", "capec/1000/152/248/66",
+         "PCI/6.5.2", "paranoia-level/2"),
+        OWN_RULE_BASE + 1030),
+)
+MULTIMATCH_BY_ID = {rule.id: rule for rule in CRS_MULTIMATCH_RULES}
+
 # The CRS's default tx.allowed_request_content_type (crs-setup.conf.example, 3.3).
 CRS_CONTENT_TYPES = (
     "application/x-www-form-urlencoded", "multipart/form-data", "multipart/related", "text/xml",
@@ -103,6 +185,24 @@ class Exclusion:
             else:
                 out.extend(i for i in sorted(CRS_SCORING_RULES) if first <= i <= last)
         return tuple(sorted(set(out)))
+
+    def ctl_target_ids(self) -> Tuple[int, ...]:
+        """target_ids(), and the stage rules gwc runs in place of a multiMatch rule among them."""
+        out = []
+        for rule in self.target_ids():
+            out.append(rule)
+            if rule in MULTIMATCH_BY_ID:
+                first, last = MULTIMATCH_BY_ID[rule].stage_ids
+                out.extend(range(first, last + 1))
+        return tuple(out)
+
+    def ctl_ranges(self) -> Tuple[Tuple[int, int], ...]:
+        """ranges, and the stage rules of every multiMatch rule inside one (it is removed with them)."""
+        out = list(self.ranges)
+        for rule in CRS_MULTIMATCH_RULES:
+            if any(first <= rule.id <= last for first, last in self.ranges) and rule.stage_ids not in out:
+                out.append(rule.stage_ids)
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -299,7 +399,8 @@ def rules_chunks(template, waf, audit_log: str) -> Tuple[str, ...]:
         part="server" if waf == SERVER_PART else "location", waf=None if waf == SERVER_PART else waf,
         base=OWN_RULE_BASE, audit_log=audit_log, crs_setup=CRS_SETUP, crs_rules_dir=CRS_RULES_DIR,
         crs_request_groups=CRS_REQUEST_GROUPS, crs_setup_version=CRS_SETUP_VERSION,
-        scoring_rules=sorted(CRS_SCORING_RULES),
+        scoring_rules=sorted(set(CRS_SCORING_RULES) - set(MULTIMATCH_BY_ID)),
+        multimatch_rules=CRS_MULTIMATCH_RULES,
     )
     out: List[str] = []
     for piece in text.split("\n" + _CHUNK_MARK + "\n"):

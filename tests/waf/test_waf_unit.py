@@ -218,14 +218,18 @@ def test_rules_text_settings_and_exclusions(tmp_path):
     assert "setvar:'tx.allowed_methods=PUT'" in text
     assert "setvar:'tx.allowed_request_content_type=|application/json| |application/merge-patch+json|'" in text
     assert "ctl:ruleRemoveTargetById=942100;ARGS:json.description" in text
+    # ... and from gwc's stage rules that stand for the multiMatch rule 942100
+    assert "".join(f",ctl:ruleRemoveTargetById={i};ARGS:json.description" for i in range(9991020, 9991024)) in text
     assert "ctl:ruleRemoveTargetById=941100;ARGS:html" in text and "ctl:ruleRemoveTargetById=941380;ARGS:html" in text
     assert "ctl:ruleRemoveById=920350,ctl:ruleRemoveById=913100-913102" in text
     assert f"Include {waf.CRS_RULES_DIR}/REQUEST-942*.conf" in text and f"Include {waf.CRS_SETUP}" in text
     assert "SecAuditLog /srv/gw/logs/waf.log\n" in text
     # the CRS before the summary, the summary before the blocking evaluation, nolog on every scoring rule after
-    order = [text.index(s) for s in ("REQUEST-944*", "id:9990005,", "REQUEST-949*", "SecRuleUpdateActionById 942100 ")]
+    order = [text.index(s) for s in ("REQUEST-944*", "SecRuleRemoveById 930110 934100 942100 942130\n", "id:9991029,",
+                                     "id:9990005,", "REQUEST-949*", "SecRuleUpdateActionById 942190 ")]
     assert order == sorted(order)
-    assert text.count("SecRuleUpdateActionById") == len(waf.CRS_SCORING_RULES)
+    assert text.count("SecRuleUpdateActionById") == len(waf.CRS_SCORING_RULES) - len(waf.CRS_MULTIMATCH_RULES)
+    assert "SecRuleUpdateActionById 942100 " not in text
 
 
 def _rules_for(result, operation_id: str) -> str:
@@ -333,6 +337,69 @@ def test_crs_scoring_rules_match_the_installed_crs():
                 found.append(int(m.group(1)))
             chain = []
     assert sorted(found) == sorted(waf.CRS_SCORING_RULES)
+
+
+def _crs_rule(rule_id: int):
+    """(variables, operator, actions) of one installed CRS rule."""
+    for path in sorted(Path(waf.CRS_RULES_DIR).glob("*.conf")):
+        for line in re.sub(r"\\\n\s*", "", path.read_text(encoding="utf-8")).splitlines():
+            if line.startswith("SecRule ") and f'"id:{rule_id},' in line:
+                m = re.match(r'SecRule (\S+) "((?:[^"\\]|\\.)*)"\s*"(.*)"\s*$', line)
+                assert m, line
+                return m.groups()
+    raise AssertionError(f"rule {rule_id} not in the installed CRS")
+
+
+def test_multimatch_rules_are_the_installed_crs_s():
+    """gwc's equivalents test what the CRS rules test: same variables, operator, transformations,
+    scores and tags; and no other CRS rule is marked multiMatch."""
+    rules_dir = Path(waf.CRS_RULES_DIR)
+    if not rules_dir.is_dir():
+        pytest.skip(f"no CRS installed at {rules_dir} (scripts/install-runtime)")
+    marked = set()
+    for path in sorted(rules_dir.glob("*.conf")):
+        for line in re.sub(r"\\\n\s*", "", path.read_text(encoding="utf-8")).splitlines():
+            if line.startswith("SecRule") and re.search(r"[\",]\s*multiMatch\s*[,\"]", line):
+                marked.add(int(re.search(r"id:(\d+)", line).group(1)))
+    assert marked == set(waf.MULTIMATCH_BY_ID)
+    for rule in waf.CRS_MULTIMATCH_RULES:
+        variables, operator, actions = _crs_rule(rule.id)
+        assert (variables, operator) == (rule.variables, rule.operator)
+        assert tuple(re.findall(r"\bt:(\w+)", actions)) == rule.transformations
+        assert tuple(re.findall(r"setvar:'([^']*)'", actions)) == rule.scores
+        assert tuple(re.findall(r"tag:'([^']*)'", actions)) == rule.tags
+        assert f"tag:'paranoia-level/{rule.paranoia}'" in actions
+        first, last = rule.stage_ids
+        assert last - first + 1 == len(rule.stages) <= 7
+
+
+def test_multimatch_rules_are_replaced_and_exclusions_follow(tmp_path):
+    result = ok(tmp_path, """
+        waf:
+          exclusions:
+            - {rules: ["942000-942199"], target: "ARGS:q"}
+            - {rules: [930110, "934000-934999"]}
+        """)
+    text = _rules_for(result, "search")
+    assert "SecRuleRemoveById 930110 934100 942100 942130\n" in text
+    # the 942100 stages: the original value, then each transformation in turn; scored once per flag
+    for n, t in enumerate(["t:none,", "t:none,t:utf8toUnicode,", "t:none,t:utf8toUnicode,t:urlDecodeUni,",
+                           "t:none,t:utf8toUnicode,t:urlDecodeUni,t:removeNulls,"]):
+        assert re.search(rf'"@detectSQLi" "id:{9991020 + n},phase:2,pass,nolog,noauditlog,{t}tag:', text), n
+    assert "id:9991024," not in text
+    assert re.search(r'SecRule TX:/\^gwc_mm_942100_/ "@eq 1" "id:9991029,[^"]*'
+                     r"setvar:'tx.anomaly_score_pl1=\+%\{tx.critical_anomaly_score\}'", text)
+    assert "SecRule TX:GWC_MATCHED_942100 \"@eq 1\" \"id:9991027," in text
+    assert "%{MATCHED_VAR}=1'" in text and "logdata" not in text.split("# gwc WAF: the OWASP CRS")[1]
+    # paranoia 2 for 942130
+    assert '"@lt 2" "id:9991038,phase:2,pass,nolog,noauditlog,t:none,skipAfter:GWC-END-942130"' in text
+    # exclusions: a targeted range names the stage rules of 942100 and 942130 (942130 is in 942000-942199)
+    targeted = re.search(r'SecAction "id:9990101,[^"]*"', text).group(0)
+    for i in list(range(9991020, 9991024)) + list(range(9991030, 9991033)):
+        assert f",ctl:ruleRemoveTargetById={i};ARGS:q" in targeted
+    removed = re.search(r'SecAction "id:9990102,[^"]*"', text).group(0)
+    assert removed.endswith(",ctl:ruleRemoveById=930110,ctl:ruleRemoveById=934000-934999"
+                            ",ctl:ruleRemoveById=9991000-9991004,ctl:ruleRemoveById=9991010-9991012\"")
 
 
 # --- verify ------------------------------------------------------------------------------------
