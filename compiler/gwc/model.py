@@ -25,6 +25,7 @@ from .traffic import NO_TRAFFIC, RateLimit, Traffic, TrafficBuilder
 from .validation import aws_switches
 from .validate import HTTP_METHODS, gateway_locations
 from .waf import Waf, build as build_waf
+from .cors import AWS_KEY as CORS_AWS_KEY, Cors, CorsBuilder, both_dialects_warning
 from .compression import Compression, CompressionBuilder
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
@@ -130,6 +131,7 @@ class Operation:
     body_media_types: Tuple[str, ...] = ()  # requestBody content keys, lower case
     limits: Tuple[RateLimit, ...] = ()  # the effective `rate_limit` list
     waf: Optional[Waf] = None  # the effective `waf`; None: off
+    cors: Optional[Cors] = None  # the effective `cors` (cors.py); None: off
     compression: Optional[Compression] = None  # the effective `compression` (compression.py); None: off
 
     @property
@@ -171,6 +173,7 @@ class Gateway:
     security: Security = NO_SECURITY
     traffic: Traffic = NO_TRAFFIC
     status: Optional[StatusListener] = None  # x-gateway.status
+    cors: Optional[Cors] = None  # the root CORS policy (cors.py): the gateway's answers before routing carry it
     input_hashes: Tuple[Tuple[str, str], ...] = field(default=())
 
     def upstream(self, name: str) -> Upstream:
@@ -193,6 +196,8 @@ class _Builder:
         self.diags: List[Diagnostic] = []
         self.security = SecurityBuilder(doc, self.diags)
         self.traffic = TrafficBuilder(self.diags, self.security.reachable)
+        self.cors = CorsBuilder(self.diags)
+        self.root_cors = (None, doc.root, "/x-gateway/cors")  # the root level of every operation's cors
         self.operation_ids: Dict[str, str] = {}  # every declared operation, built or not
         # Document-wide access settings, decided before the operations.
         self.root_requirements = None
@@ -435,6 +440,11 @@ class _Builder:
                 ok, compression = self.compression.operation(op_gw.get("compression"), item_gw.get("compression"), src, op_ptr, deep_merge)
                 if not ok:
                     continue
+                ok, cors = self.cors.build((self.root_cors, (item_gw.get("cors"), src, f"{ptr}/x-gateway/cors"),
+                                            (op_gw.get("cors"), src, f"{gw_ptr}/cors")),
+                                           tuple(m.upper() for m in HTTP_METHODS if isinstance(item.get(m), dict)))
+                if not ok:
+                    continue
                 rewrite = merged.get("path")
                 if rewrite is not None:
                     missing = substitute_ok(rewrite, template.params)
@@ -455,6 +465,7 @@ class _Builder:
                         body_media_types=self.body_media_types(op, src),
                         limits=limits,
                         waf=waf,
+                        cors=cors,
                         compression=compression,
                     )
                 )
@@ -676,6 +687,14 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
     trusted = sec.cidrs(gw["trusted_proxies"], root, "/x-gateway/trusted_proxies") or ()
     b.traffic.prepare(gw, root)
     b.compression = CompressionBuilder(data, raw_gw, root, b.diags)
+    aws_cors = b.cors.aws(data, root)
+    if "cors" in raw_gw:
+        b.root_cors = (raw_gw["cors"], root, "/x-gateway/cors")
+        if aws_cors is not None:
+            both_dialects_warning(root, b.diags)
+    elif aws_cors is not None:
+        b.root_cors = (aws_cors, root, "/" + CORS_AWS_KEY)
+    _, root_cors = b.cors.build((b.root_cors,), None)
     operations = b.operations(gw, declared)
     traffic = b.traffic.gateway(gw, root, set(b.operation_ids), _consumer_plans(sec, b.consumers, gw, root))
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
@@ -696,6 +715,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
         operations=operations,
         security=Security(tuple(sec.schemes[n] for n in sorted(sec.schemes)), b.consumers, trusted, tls),
         traffic=traffic,
+        cors=root_cors,
         status=build_status(raw_gw.get("status"), root, b.diags, listen + (tls.listen if tls else ()), parse_listen, sec.cidrs),
         input_hashes=tuple(doc.input_hashes().items()),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 from .diagnostics import Diagnostic
@@ -19,6 +19,7 @@ from .security import IpPolicy
 from .traffic import NATIVE_KEYS, RateLimit
 from .selection import Choice, choice_data, expects, route_diag, select
 from .waf import Waf, effective_body_limit
+from .cors import CorsLocation, CorsPlan, plan_cors
 from .paths import GREEDY, LITERAL, MIXED, PARAM, PathTemplate, lua_pattern, templates_overlap
 from .diagnostics import WARNING
 
@@ -110,6 +111,7 @@ class Plan:
     ip_geos: Tuple[IpGeo, ...] = ()
     validators_lua: Optional[str] = None  # the generated request validators, when any
     limit_zones: Tuple[LimitZone, ...] = ()
+    cors: Optional[CorsPlan] = None  # the numbered CORS policies and preflight answers (cors.py)
 
     @property
     def uses_lua_limits(self) -> bool:
@@ -137,6 +139,8 @@ class Plan:
                     "content_type": op.mock.content_type,
                     "body": op.mock.body,
                 }
+            if self.cors is not None and (self.cors.op_index[len(ops)] or self.cors.root_index):
+                entry["cors"] = str(self.cors.op_index[len(ops)])  # $gw_cors: 0 is none, not the root's
             ops.append(entry)
         routes = []
         for r in self.routes:
@@ -155,6 +159,10 @@ class Plan:
                     "allow": r.allow,
                 }
             )
+            if self.cors is not None and self.cors.route_preflight[len(routes) - 1] is not None:
+                routes[-1]["preflight"] = self.cors.route_preflight[len(routes) - 1]
+                if self.cors.route_index[len(routes) - 1]:
+                    routes[-1]["cors"] = str(self.cors.route_index[len(routes) - 1])
         return {
             # Longest first, so a base path wins over one it extends.
             "base_paths": sorted(self.gateway.base_paths, key=lambda b: (-len(b), b)),
@@ -380,6 +388,9 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
     for op in gateway.operations:
         if op.access.ip is not None and op.access.ip not in geos:
             geos[op.access.ip] = IpGeo.of(f"$gw_ip_{len(geos) + 1}", op.access.ip)
+    cors = plan_cors(gateway, routes, lambda op: geos[op.access.ip].variable if op.access.ip is not None else None, diags)
+    if any(d.is_error for d in diags):
+        return None, diags
     locations: List[Location] = []
     index_of: Dict[tuple, str] = {}
     op_locs = []
@@ -393,6 +404,8 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
         rate_headers = gateway.traffic.headers if (lua_limits(op, gateway) or plans_apply(op, gateway)) else "none"
         body_limit = effective_body_limit(op.waf, op.max_body_size, gateway.nginx.client_max_body_size)
         key = (kind, op.upstream if kind == "proxy" else None, lua_access, body_limit, op.access.ip, native, rate_headers, op.waf, op.compression)
+        cors_index = cors.op_index[len(op_locs)] if cors is not None else 0
+        key += (cors_index,)  # $gw_cors comes from the router; never two policies in one location
         if key not in index_of:
             ident = str(len(locations) + 1)
             index_of[key] = ident
@@ -400,6 +413,8 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
             buffer = body_limit or gateway.nginx.client_max_body_size
             ip_variable = geos[op.access.ip].variable if op.access.ip is not None else None
             locations.append(Location(ident, kind, up, lua_access, body_limit, ip_variable, buffer, native, rate_headers, op.waf, compression=op.compression))
+            if cors_index:
+                locations[-1] = replace(locations[-1], cors=CorsLocation(cors_index))
         op_locs.append(index_of[key])
     return Plan(gateway, tuple(locations), tuple(op_locs), tuple(routes), tuple(geos.values()),
-                limit_zones=tuple(zones[k] for k in sorted(zones))), diags
+                limit_zones=tuple(zones[k] for k in sorted(zones)), cors=cors), diags

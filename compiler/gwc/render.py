@@ -67,6 +67,18 @@ def ngx_variable(value) -> str:
     return text
 
 
+_SAFE_REGEX = re.compile(r"^[A-Za-z0-9^$|()?:+*.\[\]\\/-]+$")
+
+
+def ngx_regex(value) -> str:
+    """A case-insensitive map regex (`~*`) as a double-quoted token: only regex syntax, letters and
+    digits; no quote, space, `;`, `{` or `\\\\` (nginx keeps other backslash pairs as written)."""
+    text = str(value)
+    if not _SAFE_REGEX.match(text) or "\\\\" in text or text.endswith("\\"):
+        raise UnsafeValue(f"unsafe regular expression for the configuration: {text!r}")
+    return f'"~*{text}"'
+
+
 def ngx_time(ms: int) -> str:
     ms = int(ms)
     if ms % 1000 == 0:
@@ -83,7 +95,7 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(ngx_str=ngx_str, ngx_word=ngx_word, ngx_variable=ngx_variable, ngx_time=ngx_time,
+    env.filters.update(ngx_str=ngx_str, ngx_word=ngx_word, ngx_variable=ngx_variable, ngx_time=ngx_time, ngx_regex=ngx_regex,
                        waf_rules=_waf_rules)
     return env
 

@@ -355,6 +355,15 @@ function _M.route()
 
     local route = routes[r]
     local method = get_method()
+    -- A CORS preflight (docs/cors.md), answered before authentication by the
+    -- gw:pfN of the policy of the operation it asks about (pf0: refused).
+    local preflight = route.preflight
+    if preflight and method == "OPTIONS" then
+        local requested = var.http_access_control_request_method
+        if requested and var.http_origin then
+            return preflight[requested] or "pf0"
+        end
+    end
     local methods = route.methods
     local index = methods[method]
     if not index and method == "HEAD" then
@@ -363,6 +372,9 @@ function _M.route()
     if not index then
         var.gw_allow = route.allow
         var.gw_instance = instance()
+        if route.cors then
+            var.gw_cors = route.cors -- the path's CORS policy on the gateway's own answer
+        end
         return "e405"
     end
     if type(index) == "table" then
@@ -373,12 +385,20 @@ function _M.route()
             -- gw:e400s names what the client must send.
             var.gw_expect = both and "only one of " .. sel.expects or sel.expects
             var.gw_instance = instance()
+            if route.cors then
+                var.gw_cors = route.cors
+            end
             return "e400s"
         end
     end
 
     local op = ops[index]
     var.gw_op = op.id
+    local cors = op.cors
+    if cors then
+        -- Set here, before the location's WAF and IP checks: their refusals carry it too.
+        var.gw_cors = cors
+    end
     if op.keep_path then
         var.gw_path = path
     end
