@@ -426,3 +426,26 @@ def test_a_rules_file_rule_too_long_for_nginx_is_an_error(tmp_path):
     result = build(tmp_path, "waf: {rules_files: [big.conf]}", files={"big.conf": long_rule})
     assert [d.code for d in result.diagnostics if d.is_error] == ["GW038"]
     assert "does not fit in one nginx directive" in result.diagnostics[0].message
+
+
+# --- the build cache -------------------------------------------------------------------------
+
+def test_a_changed_rules_file_rebuilds_with_the_structural_cache(tmp_path):
+    """The cache (gwc/cache.py) only skips the OpenAPI structural check of unchanged spec files;
+    the WAF reads its rules_files on every build, so an edited file reaches the output even on a hit."""
+    from gwc.cache import ValidationCache
+
+    cache = ValidationCache(tmp_path / "cache")
+    rule = 'SecRule ARGS:debug "@streq %s" "id:10001,phase:1,deny,status:403,nolog"\n'
+    spec = tmp_path / "api.yaml"
+    spec.write_text(BASE % ("  waf: {rules_files: [extra.conf]}", ""))
+    texts = []
+    for value in ("1", "2"):
+        (tmp_path / "extra.conf").write_text(rule % value)
+        result = pipeline.build(str(spec), RenderOptions(install_dir="/srv/gw"), cache=cache)
+        assert result.ok, [str(d) for d in result.diagnostics]
+        texts.append(b"".join(result.files.values()).decode("utf-8", "replace"))
+    # one key for both builds: the second was a hit (the rules file is no input of the structural check)
+    assert len(list((tmp_path / "cache" / "structural").iterdir())) == 1
+    assert '@streq 1' in texts[0] and '@streq 2' not in texts[0]
+    assert '@streq 2' in texts[1] and '@streq 1' not in texts[1]
