@@ -206,9 +206,10 @@ def render_files(plan: Plan, options: RenderOptions) -> Dict[str, bytes]:
     uses_waf = any(loc.waf is not None for loc in plan.locations)
     modules = NGINX_LUA_MODULES + ((waf_rules.MODSECURITY_MODULE,) if uses_waf else ())
     # brotli only where a location compresses with it (compression.py decides per target).
-    if any(loc.compression is not None and loc.compression.uses_brotli(options.target) for loc in plan.locations):
+    uses_brotli = any(loc.compression is not None and loc.compression.uses_brotli(options.target) for loc in plan.locations)
+    if uses_brotli:
         modules += (BROTLI_MODULE,)
-    env.globals.update(compression_target=options.target)
+    env.globals.update(compression_target=options.target, compression_brotli=uses_brotli)
     # ModSecurity resolves its paths against nginx's working directory, not its prefix.
     env.globals.update(
         waf_error_pages=[status for status in problems.ERROR_PAGE_STATUSES if status != 403],
