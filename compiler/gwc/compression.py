@@ -188,11 +188,11 @@ class CompressionBuilder:
             return False, None
         kept = tuple(sorted(t for t in types if not any(match_binary(t, b) for b in self.binary)))
         if not kept:
-            key = where.get("types", where[""])
-            if key not in self.warned_empty:
-                self.warned_empty.add(key)
+            wsrc, wptr = where.get("types", where[""])
+            if (wsrc.display, wptr) not in self.warned_empty:
+                self.warned_empty.add((wsrc.display, wptr))
                 self.error("GW124", "every compression type is a binary media type: nothing is compressed here",
-                           key[0], key[1], WARNING)
+                           wsrc, wptr, WARNING)
             return True, None
         html = [b for b in self.binary if match_binary(ALWAYS_COMPRESSED, b)]
         if html and html[0] not in self.warned_html:

@@ -561,3 +561,57 @@ def test_bad_traffic_spec_is_a_diagnostic(case, tmp_path):
     d = matching[0]
     assert (d["file"], int(d["line"]), d["ptr"]) == (case["diag_file"], case["line"], case["pointer"]), proc.stderr
     assert case["message"] in d["msg"], proc.stderr
+
+
+# --------------------------------------------------------------------------- compression (issue 10)
+
+COMPRESSION_CASES = [
+    {"name": "compression-level-zero", "spec": HEADER + UPSTREAM + "  compression: {level: 0}\n" + OPERATION_A,
+     "code": "GW120", "pointer": "/x-gateway/compression/level", "line": 7, "message": "outside 1-9"},
+    {"name": "compression-level-ten-on-operation",
+     "spec": HEADER + UPSTREAM + OPERATION_A + "      x-gateway: {compression: {level: 10}}\n",
+     "code": "GW120", "pointer": "/paths/~1a/get/x-gateway/compression/level", "line": 12},
+    {"name": "compression-level-string", "spec": HEADER + UPSTREAM + "  compression: {level: '5'}\n" + OPERATION_A,
+     "code": "GW021", "pointer": "/x-gateway/compression/level", "line": 7},
+    {"name": "compression-type-not-a-media-type",
+     "spec": HEADER + UPSTREAM + "  compression: {types: [application/json, json]}\n" + OPERATION_A,
+     "code": "GW121", "pointer": "/x-gateway/compression/types/1", "line": 7, "message": "not a media type"},
+    {"name": "compression-type-wildcard", "spec": HEADER + UPSTREAM + "  compression: {types: ['text/*']}\n" + OPERATION_A,
+     "code": "GW121", "pointer": "/x-gateway/compression/types/0", "message": "exact media types only"},
+    {"name": "compression-type-injection",
+     "spec": HEADER + UPSTREAM + "  compression: {types: ['text/plain; gzip off']}\n" + OPERATION_A,
+     "code": "GW121", "pointer": "/x-gateway/compression/types/0"},
+    {"name": "compression-type-on-path-item",
+     "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    x-gateway:\n      compression: {types: ['text/plain', 'a b/c']}\n"
+             "    get:\n      responses: {'200': {description: ok}}\n",
+     "code": "GW121", "pointer": "/paths/~1a/x-gateway/compression/types/1", "line": 10},
+    {"name": "binary-media-type-not-a-media-type",
+     "spec": HEADER + UPSTREAM + "  compression: true\n  binary_media_types: [image/png, png]\n" + OPERATION_A,
+     "code": "GW121", "pointer": "/x-gateway/binary_media_types/1", "line": 8, "message": "'png'"},
+    {"name": "aws-binary-media-type-not-a-media-type",
+     "spec": HEADER + UPSTREAM + OPERATION_A + "x-amazon-apigateway-binary-media-types: ['image~1png', 'image']\n",
+     "code": "GW121", "pointer": "/x-amazon-apigateway-binary-media-types/1", "line": 12},
+    {"name": "aws-binary-media-types-not-a-list",
+     "spec": HEADER + UPSTREAM + OPERATION_A + "x-amazon-apigateway-binary-media-types: image/png\n",
+     "code": "GW121", "pointer": "/x-amazon-apigateway-binary-media-types", "line": 12},
+    {"name": "compression-min-size-negative", "spec": HEADER + UPSTREAM + "  compression: {min_size: -1}\n" + OPERATION_A,
+     "code": "GW122", "pointer": "/x-gateway/compression/min_size", "line": 7, "message": "-1"},
+    {"name": "compression-min-size-unparsable",
+     "spec": HEADER + UPSTREAM + OPERATION_A + "      x-gateway: {compression: {min_size: 1.5k}}\n",
+     "code": "GW122", "pointer": "/paths/~1a/get/x-gateway/compression/min_size", "line": 12, "message": "'1.5k'"},
+    {"name": "compression-min-size-words", "spec": HEADER + UPSTREAM + "  compression: {min_size: ten}\n" + OPERATION_A,
+     "code": "GW122", "pointer": "/x-gateway/compression/min_size"},
+    {"name": "aws-minimum-compression-size-negative",
+     "spec": HEADER + UPSTREAM + OPERATION_A + "x-amazon-apigateway-minimum-compression-size: -1\n",
+     "code": "GW122", "pointer": "/x-amazon-apigateway-minimum-compression-size", "line": 12},
+    {"name": "aws-minimum-compression-size-string",
+     "spec": HEADER + UPSTREAM + OPERATION_A + "x-amazon-apigateway-minimum-compression-size: 1k\n",
+     "code": "GW122", "pointer": "/x-amazon-apigateway-minimum-compression-size", "line": 12},
+    {"name": "compression-brotli-not-a-switch", "spec": HEADER + UPSTREAM + "  compression: {brotli: 'yes'}\n" + OPERATION_A,
+     "code": "GW021", "pointer": "/x-gateway/compression/brotli", "line": 7},
+]
+
+
+@pytest.mark.parametrize("case", COMPRESSION_CASES, ids=[c["name"] for c in COMPRESSION_CASES])
+def test_bad_compression_spec_is_a_diagnostic(case, tmp_path):
+    test_bad_spec_is_a_diagnostic(case, tmp_path)
