@@ -26,6 +26,7 @@ from .validation import aws_switches
 from .validate import HTTP_METHODS, gateway_locations
 from .waf import Waf, build as build_waf
 from .cors import AWS_KEY as CORS_AWS_KEY, Cors, CorsBuilder, both_dialects_warning
+from .response_cache import Cache, CacheBuilder, CacheZone
 from .compression import Compression, CompressionBuilder
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
@@ -132,6 +133,7 @@ class Operation:
     limits: Tuple[RateLimit, ...] = ()  # the effective `rate_limit` list
     waf: Optional[Waf] = None  # the effective `waf`; None: off
     cors: Optional[Cors] = None  # the effective `cors` (cors.py); None: off
+    cache: Optional[Cache] = None  # the effective response cache (response_cache.py); None: not cached
     compression: Optional[Compression] = None  # the effective `compression` (compression.py); None: off
 
     @property
@@ -174,6 +176,7 @@ class Gateway:
     traffic: Traffic = NO_TRAFFIC
     status: Optional[StatusListener] = None  # x-gateway.status
     cors: Optional[Cors] = None  # the root CORS policy (cors.py): the gateway's answers before routing carry it
+    cache_zone: Optional[CacheZone] = None  # x-gateway.cache_zone, when some operation caches
     input_hashes: Tuple[Tuple[str, str], ...] = field(default=())
 
     def upstream(self, name: str) -> Upstream:
@@ -198,6 +201,7 @@ class _Builder:
         self.traffic = TrafficBuilder(self.diags, self.security.reachable)
         self.cors = CorsBuilder(self.diags)
         self.root_cors = (None, doc.root, "/x-gateway/cors")  # the root level of every operation's cors
+        self.cache = CacheBuilder(self.diags)
         self.operation_ids: Dict[str, str] = {}  # every declared operation, built or not
         # Document-wide access settings, decided before the operations.
         self.root_requirements = None
@@ -440,6 +444,14 @@ class _Builder:
                 ok, compression = self.compression.operation(op_gw.get("compression"), item_gw.get("compression"), src, op_ptr, deep_merge)
                 if not ok:
                     continue
+                cache = None
+                if mock is None and merged.get("cache") not in (None, False):
+                    ok, cache = self.cache.build(
+                        merged["cache"], self._cache_where(op, item, src, op_ptr), method.upper(),
+                        "cache" in op_gw, lambda where, name, _o=op, _i=item, _s=src: self.declares(_o, _i, _s, where, name),
+                        template.params, access.requirements, access.authorizer)
+                    if not ok:
+                        continue
                 ok, cors = self.cors.build((self.root_cors, (item_gw.get("cors"), src, f"{ptr}/x-gateway/cors"),
                                             (op_gw.get("cors"), src, f"{gw_ptr}/cors")),
                                            tuple(m.upper() for m in HTTP_METHODS if isinstance(item.get(m), dict)))
@@ -466,6 +478,7 @@ class _Builder:
                         limits=limits,
                         waf=waf,
                         cors=cors,
+                        cache=cache,
                         compression=compression,
                     )
                 )
@@ -482,6 +495,34 @@ class _Builder:
                 if isinstance(p, dict) and p.get("in") in ("header", "query") and isinstance(p.get("name"), str):
                     out.add((p["in"], p["name"]))
         return tuple(sorted(out))
+
+    def declares(self, op: dict, item: dict, src: SourceFile, where: str, name: str) -> bool:
+        """Whether the operation or its path item declares parameter `name` in `where` (header names ignore case)."""
+        for params in (item.get("parameters"), op.get("parameters")):
+            for p in params if isinstance(params, list) else ():
+                try:
+                    p, _, _ = self.doc.deref(p, src, "")
+                except LoadError:
+                    continue
+                if isinstance(p, dict) and p.get("in") == where and isinstance(p.get("name"), str):
+                    if p["name"] == name or (where == "header" and p["name"].lower() == name.lower()):
+                        return True
+        return False
+
+    def _cache_where(self, op: dict, item: dict, src: SourceFile, op_ptr: str):
+        """Where cache.<member> is written, innermost level first (for located cache diagnostics)."""
+        levels = [(op.get("x-gateway"), src, f"{op_ptr}/x-gateway/cache"),
+                  (item.get("x-gateway"), src, f"{op_ptr.rsplit('/', 1)[0]}/x-gateway/cache"),
+                  (self.doc.data.get("x-gateway"), self.doc.root, "/x-gateway/cache")]
+
+        def where(member: str) -> Tuple[SourceFile, str]:
+            first = member.split("/", 1)[0]
+            for gw, lsrc, ptr in levels:
+                conf = gw.get("cache") if isinstance(gw, dict) else None
+                if conf is not None and (not first or (isinstance(conf, dict) and first in conf)):
+                    return lsrc, f"{ptr}/{member}" if member else ptr
+            return levels[0][1], levels[0][2]
+        return where
 
     def body_media_types(self, op: dict, src: SourceFile) -> Tuple[str, ...]:
         try:
@@ -680,6 +721,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
     sec.has_resolver = bool(gw["nginx"]["resolver"])
     sec.check_ip_rules(gateway_locations(doc))
     sec.build_schemes()
+    b.cache.set_schemes(sec.schemes.values())
     b.root_requirements = sec.requirements(data.get("security"), root, "/security")
     b.consumers = sec.consumers(gw["keys"], root, "/x-gateway/keys") if "keys" in gw else None
     tls = sec.tls(gw["tls"], root, "/x-gateway/tls", b.listen) if "tls" in gw else None
@@ -717,6 +759,7 @@ def build(doc: Document, listen_override: Optional[List[str]] = None) -> Tuple[O
         traffic=traffic,
         cors=root_cors,
         status=build_status(raw_gw.get("status"), root, b.diags, listen + (tls.listen if tls else ()), parse_listen, sec.cidrs),
+        cache_zone=b.cache.zone(raw_gw.get("cache_zone"), root) if (b.cache.used or "cache_zone" in raw_gw) else None,
         input_hashes=tuple(doc.input_hashes().items()),
     )
     return gateway, b.diags

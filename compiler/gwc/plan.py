@@ -403,7 +403,7 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
             zones.setdefault(limit.id, LimitZone(f"gwl_{limit.id}", NATIVE_KEYS[limit.key], limit.nginx_rate(), gateway.traffic.memory))
         rate_headers = gateway.traffic.headers if (lua_limits(op, gateway) or plans_apply(op, gateway)) else "none"
         body_limit = effective_body_limit(op.waf, op.max_body_size, gateway.nginx.client_max_body_size)
-        key = (kind, op.upstream if kind == "proxy" else None, lua_access, body_limit, op.access.ip, native, rate_headers, op.waf, op.compression)
+        key = (kind, op.upstream if kind == "proxy" else None, lua_access, body_limit, op.access.ip, native, rate_headers, op.waf, op.compression, op.cache)
         cors_index = cors.op_index[len(op_locs)] if cors is not None else 0
         key += (cors_index,)  # $gw_cors comes from the router; never two policies in one location
         if key not in index_of:
@@ -412,7 +412,7 @@ def plan(gateway: Gateway) -> Tuple[Optional[Plan], List[Diagnostic]]:
             up = gateway.upstream(op.upstream) if kind == "proxy" else None
             buffer = body_limit or gateway.nginx.client_max_body_size
             ip_variable = geos[op.access.ip].variable if op.access.ip is not None else None
-            locations.append(Location(ident, kind, up, lua_access, body_limit, ip_variable, buffer, native, rate_headers, op.waf, compression=op.compression))
+            locations.append(Location(ident, kind, up, lua_access, body_limit, ip_variable, buffer, native, rate_headers, op.waf, compression=op.compression, cache=op.cache))
             if cors_index:
                 locations[-1] = replace(locations[-1], cors=CorsLocation(cors_index))
         op_locs.append(index_of[key])

@@ -423,7 +423,7 @@ function _M.compile(requirements)
             if not scheme then
                 return nil, "unknown scheme " .. tostring(pair[1])
             end
-            entries[j] = { scheme = scheme, scopes = pair[2] }
+            entries[j] = { scheme = scheme, scopes = pair[2], name = pair[1] }
             if scheme.challenge and not seen[scheme.challenge] then
                 seen[scheme.challenge] = true
                 challenges[#challenges + 1] = scheme.challenge
@@ -461,12 +461,12 @@ local function challenge_for(policy, status, reason, scopes)
 end
 
 local function accept(entries, identities)
-    local consumer
+    local consumer, consumer_scheme
     for j = 1, #entries do
         local scheme = entries[j].scheme
         local who = scheme.apply(identities[j])
         if who and not consumer then
-            consumer = who
+            consumer, consumer_scheme = who, entries[j].name
         end
         if scheme.hide then
             scheme.hide()
@@ -474,6 +474,9 @@ local function accept(entries, identities)
     end
     if consumer then
         var.gw_consumer = consumer
+        -- The scheme that named it: a JWT sub and an API key id may be equal
+        -- strings for different clients (the response cache keys on both).
+        var.gw_consumer_scheme = consumer_scheme
     end
 end
 
