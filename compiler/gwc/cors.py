@@ -545,9 +545,11 @@ def plan_cors(gateway, routes, ip_variable: Callable[[Any], Optional[str]], diag
             if cors is None:
                 answers[method] = "pf0"
                 continue
-            allowed = tuple(m for m in declared if m != "OPTIONS")
-            if cors.methods is not None:
-                allowed = tuple(m for m in cors.methods if m in allowed) if cors.methods_capped else cors.methods
+            # Only methods whose own operation shares this policy's origins: a browser caches the
+            # answer and then sends a listed method without asking again.
+            same = tuple(m for m in declared if m != "OPTIONS"
+                         and op_index[(by_method.get(m) or by_method.get("GET"))[0]] == op_index[candidates[0]])
+            allowed = same if cors.methods is None else tuple(m for m in cors.methods if m in same)
             if method not in allowed:
                 answers[method] = "pf0"
                 continue
