@@ -97,10 +97,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", CTYPES.get(kind, "application/json"))
         self.send_header("X-Body-Sha256", hashlib.sha256(body).hexdigest())
         self.send_header("X-Seen-Accept-Encoding", self.headers.get("Accept-Encoding") or "-")
-        if kind == "gzipped":
+        if kind == "gzipped":  # an upstream that compresses by itself, for clients that accept gzip
+            self.send_header("Vary", "Accept-Encoding")
+        if kind == "gzipped" and acceptable("gzip", self.headers.get("Accept-Encoding")):
             wire = gzip.compress(body, mtime=0)
             self.send_header("Content-Encoding", "gzip")
-            self.send_header("Vary", "Accept-Encoding")
         else:
             wire = body
         if kind == "chunked":
@@ -214,14 +215,19 @@ def load_cases() -> List[Any]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         for raw in doc["cases"]:
             for variant in raw.get("variants") or doc["variants"]:
-                expect = _merge(raw.get("expect") or {}, (raw.get("expect_by_variant") or {}).get(variant))
-                unknown = set(expect) - EXPECT_KEYS
-                if unknown:
-                    raise ValueError(f"{path.name}: {raw['name']}: unknown expect keys {sorted(unknown)}")
                 xfail = (raw.get("xfail_by_variant") or {}).get(variant, raw.get("xfail"))
                 marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
-                case = {"file": path.stem, "name": raw["name"], "variant": variant, "request": raw["request"],
-                        "expect": expect, "steps": raw.get("steps")}
+                steps = raw.get("steps") or [{"request": raw["request"], "expect": raw.get("expect") or {},
+                                              "expect_by_variant": raw.get("expect_by_variant")}]
+                steps = [{"request": s["request"],
+                          "expect": _merge(s.get("expect") or {}, (s.get("expect_by_variant") or {}).get(variant))}
+                         for s in steps]
+                for s in steps:
+                    unknown = set(s["expect"]) - EXPECT_KEYS
+                    if unknown:
+                        raise ValueError(f"{path.name}: {raw['name']}: unknown expect keys {sorted(unknown)}")
+                case = {"file": path.stem, "name": raw["name"], "variant": variant, "steps": steps,
+                        "backend_hits": raw.get("backend_hits") or {}}
                 params.append(pytest.param(case, id=f"{path.stem}:{variant}:{harness._slug(raw['name'])}", marks=marks))
     return params
 
@@ -247,6 +253,8 @@ class Pool:
 
     def get(self, file: str, variant: str) -> dict:
         key = (file, variant)
+        if key in self.failures and "unknown x-gateway key 'cache" in self.failures[key]:
+            pytest.xfail("x-gateway.cache has not landed yet (another helper builds it): " + self.failures[key][-300:])
         if key in self.failures:
             pytest.fail(f"gateway {key} could not start: {self.failures[key]}", pytrace=False)
         if key not in self.gateways:
@@ -254,6 +262,8 @@ class Pool:
                 self.gateways[key] = self._start(file, variant)
             except Exception as exc:
                 self.failures[key] = str(exc)
+                if "unknown x-gateway key 'cache" in str(exc):
+                    pytest.xfail("x-gateway.cache has not landed yet (another helper builds it): " + str(exc)[-300:])
                 raise
         return self.gateways[key]
 
@@ -321,6 +331,11 @@ def check_response(req: Dict[str, Any], expect: Dict[str, Any], status: int, hea
         errs.append(f"Vary: expected Accept-Encoding, got {vary!r}")
     if expect.get("vary") is False and vary is not None:
         errs.append(f"Vary: expected none, got {vary!r}")
+    if "upstream_accept_encoding" in expect:
+        seen = headers.get("x-seen-accept-encoding")
+        want_seen = expect["upstream_accept_encoding"] or "-"
+        if seen != want_seen:
+            errs.append(f"the backend saw Accept-Encoding {seen!r}, expected {want_seen!r}")
     for name, value in (expect.get("headers") or {}).items():
         got = headers.get(name.lower())
         if (value is None and got is not None) or (value is not None and got != str(value)):
@@ -356,15 +371,20 @@ CASES = load_cases()
 @pytest.mark.parametrize("case", CASES)
 def test_case(case: dict, pool: Pool) -> None:
     gw = pool.get(case["file"], case["variant"])
-    req = _subst(case["request"], {"__MOCK_ITEMS__": MOCK_ITEMS})
-    expect = _subst(case["expect"], {"__MOCK_ITEMS__": MOCK_ITEMS})
-    offset = log_size(gw["error_log"])
-    status, headers, body = send(gw["port"], req)
-    errs = check_response(req, expect, status, headers, body)
-    errs += [f"error log: {line}" for line in harness.unexpected_log_lines(log_since(gw["error_log"], offset), [])]
-    if errs:
-        raise AssertionError(f"{case['name']} [{case['variant']}] {req}\n  " + "\n  ".join(errs)
-                             + f"\n  got: {status} {headers} {body[:120]!r}")
+    before = {path: pool.backend.hits(path) for path in case["backend_hits"]}
+    for n, step in enumerate(case["steps"], start=1):
+        req = _subst(step["request"], {"__MOCK_ITEMS__": MOCK_ITEMS, "__VARIANT__": case["variant"]})
+        expect = _subst(step["expect"], {"__MOCK_ITEMS__": MOCK_ITEMS})
+        offset = log_size(gw["error_log"])
+        status, headers, body = send(gw["port"], req)
+        errs = check_response(req, expect, status, headers, body)
+        errs += [f"error log: {line}" for line in harness.unexpected_log_lines(log_since(gw["error_log"], offset), [])]
+        if errs:
+            raise AssertionError(f"{case['name']} [{case['variant']}] step {n}: {req}\n  " + "\n  ".join(errs)
+                                 + f"\n  got: {status} {headers} {body[:120]!r}")
+    for path, want in case["backend_hits"].items():
+        got = pool.backend.hits(path) - before[path]
+        assert got == want, f"{case['name']} [{case['variant']}]: the backend answered {path} {got} times, expected {want}"
 
 
 def test_accept_encoding_parser() -> None:
