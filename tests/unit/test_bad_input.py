@@ -615,3 +615,90 @@ COMPRESSION_CASES = [
 @pytest.mark.parametrize("case", COMPRESSION_CASES, ids=[c["name"] for c in COMPRESSION_CASES])
 def test_bad_compression_spec_is_a_diagnostic(case, tmp_path):
     test_bad_spec_is_a_diagnostic(case, tmp_path)
+
+
+# CORS (docs/cors.md): each build error, located where the bad value is written.
+CORS_OP = "paths:\n  /a:\n    get:\n      operationId: getA\n      responses: {'200': {description: ok}}\n"
+
+
+def _cors_root(conf: str) -> str:
+    return HEADER + UPSTREAM + f"  cors: {conf}\n" + CORS_OP
+
+
+CORS_CASES = [
+    {"name": "cors-star-with-credentials", "spec": _cors_root('{origins: ["*"], credentials: true}'),
+     "code": "GW101", "pointer": "/x-gateway/cors/origins/0", "line": 7, "message": "cannot be combined with `credentials: true`"},
+    {"name": "cors-star-header-with-credentials", "spec": _cors_root('{origins: ["https://a.test"], credentials: true, headers: ["*"]}'),
+     "code": "GW101", "pointer": "/x-gateway/cors/headers/0", "message": "literal name"},
+    {"name": "cors-null-origin", "spec": _cors_root('{origins: ["https://a.test", "null"]}'),
+     "code": "GW102", "pointer": "/x-gateway/cors/origins/1", "line": 7, "message": "`null` is never allowed"},
+    {"name": "cors-origin-with-path", "spec": _cors_root('{origins: ["https://a.test/app"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0", "message": "no path"},
+    {"name": "cors-origin-trailing-slash", "spec": _cors_root('{origins: ["https://a.test/"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0", "message": "trailing '/'"},
+    {"name": "cors-origin-without-scheme", "spec": _cors_root('{origins: ["a.test"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0", "message": "scheme://host[:port]"},
+    {"name": "cors-origin-bad-port", "spec": _cors_root('{origins: ["https://a.test:99999"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0", "message": "not 1-65535"},
+    {"name": "cors-origin-inner-wildcard", "spec": _cors_root('{origins: ["https://app.*.test"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0", "message": "whole leading labels"},
+    {"name": "cors-origin-wildcard-tld", "spec": _cors_root('{origins: ["https://*.com"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0", "message": "two labels or more"},
+    {"name": "cors-origin-userinfo", "spec": _cors_root('{origins: ["https://u@a.test"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0", "message": "user information"},
+    # Injection: a value that would end the nginx string, the directive or the block.
+    {"name": "cors-origin-quote", "spec": _cors_root("{origins: ['https://a.test\" always; add_header X 1']}"),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0"},
+    {"name": "cors-origin-semicolon", "spec": _cors_root('{origins: ["https://a.test;"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0"},
+    {"name": "cors-origin-brace", "spec": _cors_root('{origins: ["https://a.test{"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0"},
+    {"name": "cors-origin-newline", "spec": _cors_root('{origins: ["https://a.test\\nadd_header X 1;"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0", "message": "control"},
+    {"name": "cors-origin-dollar", "spec": _cors_root('{origins: ["https://$host"]}'),
+     "code": "GW100", "pointer": "/x-gateway/cors/origins/0"},
+    {"name": "cors-header-injection", "spec": _cors_root('{origins: ["https://a.test"], headers: ["X-A\\" always"]}'),
+     "code": "GW104", "pointer": "/x-gateway/cors/headers/0", "message": "not a header name"},
+    {"name": "cors-expose-semicolon", "spec": _cors_root('{origins: ["https://a.test"], expose: ["X-A;"]}'),
+     "code": "GW104", "pointer": "/x-gateway/cors/expose/0", "message": "not a header name"},
+    {"name": "cors-forbidden-request-header", "spec": _cors_root('{origins: ["https://a.test"], headers: [X-Ok, Cookie]}'),
+     "code": "GW104", "pointer": "/x-gateway/cors/headers/1", "message": "forbidden request header"},
+    {"name": "cors-forbidden-sec-header", "spec": _cors_root('{origins: ["https://a.test"], headers: [Sec-Fetch-Mode]}'),
+     "code": "GW104", "pointer": "/x-gateway/cors/headers/0", "message": "forbidden request header"},
+    {"name": "cors-expose-set-cookie", "spec": _cors_root('{origins: ["https://a.test"], expose: [Set-Cookie]}'),
+     "code": "GW104", "pointer": "/x-gateway/cors/expose/0", "message": "never be exposed"},
+    {"name": "cors-method-not-declared", "spec": HEADER + UPSTREAM + CORS_OP + "      x-gateway: {cors: {origins: ['https://a.test'], methods: [GET, DELETE]}}\n",
+     "code": "GW103", "pointer": "/paths/~1a/get/x-gateway/cors/methods/1", "line": 12, "message": "DELETE is not a method this path declares"},
+    {"name": "cors-method-not-declared-path-item", "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    x-gateway: {cors: {origins: ['https://a.test'], methods: [PUT]}}\n"
+     "    get:\n      operationId: getA\n      responses: {'200': {description: ok}}\n",
+     "code": "GW103", "pointer": "/paths/~1a/x-gateway/cors/methods/0", "line": 9},
+    {"name": "cors-without-origins", "spec": HEADER + UPSTREAM + CORS_OP + "      x-gateway: {cors: {credentials: true}}\n",
+     "code": "GW105", "pointer": "/paths/~1a/get/x-gateway/cors", "message": "needs `origins`"},
+    {"name": "cors-true-without-origins", "spec": _cors_root("true"), "code": "GW105", "pointer": "/x-gateway/cors"},
+    {"name": "cors-unknown-key", "spec": _cors_root('{origins: ["https://a.test"], origin: ["https://b.test"]}'),
+     "code": "GW020", "pointer": "/x-gateway/cors/origin", "message": "did you mean 'origins'?"},
+    {"name": "cors-max-age-negative", "spec": _cors_root('{origins: ["https://a.test"], max_age: -1}'),
+     "code": "GW021", "pointer": "/x-gateway/cors/max_age"},
+    {"name": "cors-inner-error-in-operation-file-position", "spec": HEADER + UPSTREAM + CORS_OP + "      x-gateway:\n        cors:\n          origins:\n            - https://ok.test\n            - 'NULL'\n",
+     "code": "GW102", "pointer": "/paths/~1a/get/x-gateway/cors/origins/1", "line": 16},
+    {"name": "cors-aws-star-with-credentials", "spec": HEADER + "x-amazon-apigateway-cors: {allowOrigins: ['*'], allowCredentials: true}\n" + UPSTREAM + CORS_OP,
+     "code": "GW101", "pointer": "/x-amazon-apigateway-cors/allowOrigins/0", "line": 3},
+    {"name": "cors-aws-unknown-member", "spec": HEADER + "x-amazon-apigateway-cors: {allowOrigin: ['https://a.test']}\n" + UPSTREAM + CORS_OP,
+     "code": "GW106", "pointer": "/x-amazon-apigateway-cors", "message": "'allowOrigin' was unexpected"},
+    {"name": "cors-aws-bad-method", "spec": HEADER + "x-amazon-apigateway-cors: {allowOrigins: ['https://a.test'], allowMethods: [FETCH]}\n" + UPSTREAM + CORS_OP,
+     "code": "GW106", "pointer": "/x-amazon-apigateway-cors/allowMethods", "message": "unknown method 'FETCH'"},
+    {"name": "cors-aws-malformed-origin", "spec": HEADER + "x-amazon-apigateway-cors: {allowOrigins: ['https://a.test/x']}\n" + UPSTREAM + CORS_OP,
+     "code": "GW100", "pointer": "/x-amazon-apigateway-cors/allowOrigins/0"},
+    {"name": "cors-selected-operations-differ", "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    get:\n      operationId: getA\n"
+     "      parameters: [{name: v, in: query, required: true, schema: {type: string, enum: ['1']}}]\n"
+     "      x-gateway: {cors: {origins: ['https://a.test']}}\n      responses: {'200': {description: ok}}\n"
+     "  /a?v=2:\n    get:\n      operationId: getA2\n"
+     "      parameters: [{name: v, in: query, required: true, schema: {type: string, enum: ['2']}}]\n"
+     "      x-gateway: {cors: {origins: ['https://b.test']}}\n      responses: {'200': {description: ok}}\n",
+     "code": "GW107", "message": "a preflight carries neither"},
+]
+
+
+@pytest.mark.parametrize("case", CORS_CASES, ids=[c["name"] for c in CORS_CASES])
+def test_bad_cors_spec_is_a_diagnostic(case, tmp_path):
+    test_bad_spec_is_a_diagnostic(case, tmp_path)
