@@ -617,6 +617,84 @@ def test_bad_compression_spec_is_a_diagnostic(case, tmp_path):
     test_bad_spec_is_a_diagnostic(case, tmp_path)
 
 
+# --------------------------------------------------------------------------- response cache (issue 10)
+
+PET_GET = ("paths:\n  /pets/{id}:\n    parameters: [{name: id, in: path, required: true, schema: {type: string}}]\n"
+           "    get:\n      operationId: getPet\n      responses: {'200': {description: ok}}\n")
+CACHE_CASES = [
+    {"name": "cache-on-post-without-methods",
+     "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    post:\n      x-gateway: {cache: {ttl: 30s}}\n      responses: {'200': {description: ok}}\n",
+     "code": "GW110", "pointer": "/paths/~1a/post/x-gateway/cache", "line": 10, "message": "add POST to cache.methods"},
+    {"name": "cache-on-post-methods-get-only",
+     "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    post:\n      x-gateway:\n        cache: {methods: [GET]}\n      responses: {'200': {description: ok}}\n",
+     "code": "GW110", "pointer": "/paths/~1a/post/x-gateway/cache/methods", "line": 11},
+    {"name": "cache-on-put-not-a-cache-method",
+     "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    put:\n      x-gateway: {cache: {methods: [PUT]}}\n      responses: {'200': {description: ok}}\n",
+     "code": "GW021", "pointer": "/paths/~1a/put/x-gateway/cache/methods/0"},
+    {"name": "cache-key-undeclared-query",
+     "spec": HEADER + UPSTREAM + PET_GET + "      x-gateway: {cache: {key: [path.id, query.lang]}}\n",
+     "code": "GW111", "pointer": "/paths/~1pets~1{id}/get/x-gateway/cache/key/1", "line": 13, "message": "declares no query parameter 'lang'"},
+    {"name": "cache-key-undeclared-path-parameter",
+     "spec": HEADER + UPSTREAM + PET_GET + "      x-gateway: {cache: {key: [path.petId]}}\n",
+     "code": "GW111", "pointer": "/paths/~1pets~1{id}/get/x-gateway/cache/key/0", "message": "not a path parameter"},
+    {"name": "cache-key-undeclared-header-from-root",
+     "spec": HEADER + UPSTREAM + "  cache: {key: [header.X-Tenant]}\n" + PET_GET,
+     "code": "GW111", "pointer": "/x-gateway/cache/key/0", "line": 7},
+    {"name": "cache-key-header-name-nginx-cannot-read",
+     "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    get:\n      parameters: [{name: X_Tenant, in: header, schema: {type: string}}]\n"
+             "      x-gateway: {cache: {key: [header.X_Tenant]}}\n      responses: {'200': {description: ok}}\n",
+     "code": "GW111", "pointer": "/paths/~1a/get/x-gateway/cache/key/0", "message": "letters, digits and `-`"},
+    {"name": "cache-key-query-name-nginx-cannot-read",
+     "spec": HEADER + UPSTREAM + "paths:\n  /a:\n    get:\n      parameters: [{name: page.size, in: query, schema: {type: string}}]\n"
+             "      x-gateway: {cache: {key: [query.page.size]}}\n      responses: {'200': {description: ok}}\n",
+     "code": "GW111", "pointer": "/paths/~1a/get/x-gateway/cache/key/0", "message": "letters, digits and `_`"},
+    {"name": "cache-key-injection",
+     "spec": HEADER + UPSTREAM + PET_GET + "      x-gateway: {cache: {key: ['header.X\"; proxy_cache off; #']}}\n",
+     "code": "GW021", "pointer": "/paths/~1pets~1{id}/get/x-gateway/cache/key/0"},
+    {"name": "cache-key-unknown-source",
+     "spec": HEADER + UPSTREAM + PET_GET + "      x-gateway: {cache: {key: [body.id]}}\n",
+     "code": "GW021", "pointer": "/paths/~1pets~1{id}/get/x-gateway/cache/key/0"},
+    {"name": "cache-ttl-zero",
+     "spec": HEADER + UPSTREAM + "  cache: {ttl: 0s}\n" + PET_GET,
+     "code": "GW112", "pointer": "/x-gateway/cache/ttl", "line": 7, "message": "at least 1s"},
+    {"name": "cache-ttl-zero-number-on-operation",
+     "spec": HEADER + UPSTREAM + PET_GET + "      x-gateway: {cache: {ttl: 0}}\n",
+     "code": "GW112", "pointer": "/paths/~1pets~1{id}/get/x-gateway/cache/ttl", "line": 13},
+    {"name": "cache-ttl-not-whole-seconds",
+     "spec": HEADER + UPSTREAM + "  cache: {ttl: 1500ms}\n" + PET_GET,
+     "code": "GW112", "pointer": "/x-gateway/cache/ttl", "message": "whole seconds"},
+    {"name": "cache-ttl-unparsable",
+     "spec": HEADER + UPSTREAM + "  cache: {ttl: soon}\n" + PET_GET,
+     "code": "GW021", "pointer": "/x-gateway/cache/ttl", "line": 7},
+    {"name": "cache-stale-not-whole-seconds",
+     "spec": HEADER + UPSTREAM + "  cache: {stale_if_error: 250ms}\n" + PET_GET,
+     "code": "GW112", "pointer": "/x-gateway/cache/stale_if_error"},
+    {"name": "cache-zone-size-zero",
+     "spec": HEADER + UPSTREAM + "  cache_zone: {size: '0'}\n  cache: {}\n" + PET_GET,
+     "code": "GW113", "pointer": "/x-gateway/cache_zone/size", "line": 7},
+    {"name": "cache-zone-bad-size",
+     "spec": HEADER + UPSTREAM + "  cache_zone: {size: 10 gigs}\n" + PET_GET,
+     "code": "GW021", "pointer": "/x-gateway/cache_zone/size"},
+    {"name": "cache-zone-path-parent",
+     "spec": HEADER + UPSTREAM + "  cache_zone: {path: ../../etc}\n  cache: {}\n" + PET_GET,
+     "code": "GW021", "pointer": "/x-gateway/cache_zone/path", "line": 7},
+    {"name": "cache-zone-path-injection",
+     "spec": HEADER + UPSTREAM + "  cache_zone: {path: 'cache levels=1 keys_zone=x:1m; include /etc/passwd'}\n  cache: {}\n" + PET_GET,
+     "code": "GW021", "pointer": "/x-gateway/cache_zone/path"},
+    {"name": "cache-zone-inactive-ms",
+     "spec": HEADER + UPSTREAM + "  cache_zone: {inactive: 10ms}\n  cache: {}\n" + PET_GET,
+     "code": "GW113", "pointer": "/x-gateway/cache_zone/inactive"},
+    {"name": "cache-zone-on-operation",
+     "spec": HEADER + UPSTREAM + PET_GET + "      x-gateway: {cache_zone: {size: 1m}}\n",
+     "code": "GW020", "pointer": "/paths/~1pets~1{id}/get/x-gateway/cache_zone", "message": "unknown x-gateway key 'cache_zone'"},
+]
+
+
+@pytest.mark.parametrize("case", CACHE_CASES, ids=[c["name"] for c in CACHE_CASES])
+def test_bad_cache_spec_is_a_diagnostic(case, tmp_path):
+    test_bad_spec_is_a_diagnostic(case, tmp_path)
+
+
 # CORS (docs/cors.md): each build error, located where the bad value is written.
 CORS_OP = "paths:\n  /a:\n    get:\n      operationId: getA\n      responses: {'200': {description: ok}}\n"
 

@@ -32,6 +32,9 @@ ALLOWED = {
     # the WAF (docs/waf.md)
     "modsecurity", "modsecurity_rules", "modsecurity_transaction_id", "header_filter_by_lua_block",
     "body_filter_by_lua_block",
+    # the response cache (docs/cache.md)
+    "proxy_cache_path", "proxy_cache", "proxy_cache_key", "proxy_cache_methods", "proxy_cache_valid",
+    "proxy_ignore_headers", "proxy_no_cache", "proxy_cache_bypass", "proxy_cache_lock", "proxy_cache_use_stale",
 }
 
 
