@@ -119,7 +119,8 @@ paths:
       responses: {{"200": {{$ref: "#/components/responses/ok"}}}}
 """
 # [error] lines the cases cause on purpose: (request line, message).
-EXPECTED_ERRORS = [("GET /down HTTP/1.1", "connect() failed")]
+EXPECTED_ERRORS = [("GET /down HTTP/1.1", "connect() failed"),
+                   ("PUT /small/big HTTP/1.1", "client intended to send too large body")]
 
 CASE_KEYS = {"name", "page", "path", "init", "repeat", "expect"}
 EXPECT_KEYS = {"outcome", "error", "status", "type", "headers", "body_json", "log"}
@@ -225,11 +226,12 @@ def origins():
 
 
 @pytest.fixture(scope="module")
-def gateway(origins):
-    # World-readable: as root, nginx workers run as nobody and read DIR/lua.
+def gateway(origins, artifacts_dir):
+    """The gateway, built from SPEC; its spec and logs are kept next to the screenshot."""
     rt, tried = runtime.detect(allow_docker=False)
     if rt is None:
         pytest.skip("no nginx with the Lua module: " + "; ".join(tried))
+    # World-readable: as root, nginx workers run as nobody and read DIR/lua.
     work = Path(tempfile.mkdtemp(prefix="gwc-browser-"))
     os.chmod(work, 0o755)
     key, jwks = _keypair()
@@ -237,12 +239,19 @@ def gateway(origins):
         with echo_backend("A") as backend:
             port = free_port()
             spec = work / "browser.yaml"
-            spec.write_text(SPEC.format(backend=backend, closed=free_port(), app_origin=origins["app"], app_port=origins["app"].rsplit(":", 1)[1], issuer=ISSUER, audience=AUDIENCE,
+            spec.write_text(SPEC.format(backend=backend, closed=free_port(), app_origin=origins["app"],
+                                        app_port=origins["app"].rsplit(":", 1)[1], issuer=ISSUER, audience=AUDIENCE,
                                         jwks=json.dumps(jwks)), encoding="utf-8")
             out = work / "out"
             gwc_build(spec, out, f"127.0.0.1:{port}", rt.target)
-            with Nginx(out).start([port]) as nginx:
-                yield Gateway(f"http://127.0.0.1:{port}", nginx, out, _token(key))
+            try:
+                with Nginx(out).start([port]) as nginx:
+                    yield Gateway(f"http://127.0.0.1:{port}", nginx, out, _token(key))
+            finally:  # nginx has stopped: its buffered access log is written
+                shutil.copy(spec, artifacts_dir / "cors-browser-spec.yaml")
+                for name in ("access.log", "error.log"):
+                    if (out / "logs" / name).exists():
+                        shutil.copy(out / "logs" / name, artifacts_dir / f"cors-browser-{name}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
