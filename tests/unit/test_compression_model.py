@@ -12,6 +12,7 @@ from gwc import compression as compression_mod
 from gwc import pipeline
 from gwc.compression import BROTLI_MODULE, Compression, match_binary, min_size_bytes
 from gwc.render import RenderOptions
+from unit.test_structure import ALLOWED
 
 SPEC = """\
 openapi: 3.0.3
@@ -256,9 +257,21 @@ def test_openresty_target_auto_is_gzip_only(tmp_path):
     assert "brotli" not in files["nginx.conf"] and "load_module" not in files["nginx.conf"]
 
 
-def test_rendered_config_parses_with_crossplane(tmp_path):
-    files = rendered(tmp_path, root="compression: true")
-    path = tmp_path / "nginx.conf"
-    path.write_text(files["nginx.conf"])
+def _walk(block):
+    for d in block:
+        yield d
+        if "block" in d and d["directive"] not in ("map", "geo"):
+            yield from _walk(d["block"])
+
+
+@pytest.mark.parametrize("name", ["nginx.conf", "conf.d/gateway.conf"])
+def test_rendered_config_parses_with_crossplane_and_the_allow_list(tmp_path, name):
+    files = rendered(tmp_path, root="compression: true\nbinary_media_types: [image/png]",
+                     one="x-gateway: {mock: {body: {a: 1}}}", two="x-gateway: {compression: {brotli: false}}")
+    path = tmp_path / "out.conf"
+    path.write_text(files[name])
     payload = crossplane.parse(str(path), strict=False, check_ctx=False, check_args=False, single=True)
     assert payload["status"] == "ok", payload["errors"]
+    names = {d["directive"] for d in _walk(payload["config"][0]["parsed"])}
+    assert {"gzip", "gzip_types", "add_header"} <= names
+    assert names <= ALLOWED, names - ALLOWED
