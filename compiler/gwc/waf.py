@@ -230,6 +230,13 @@ class Waf:
         return MODSECURITY_MODULE
 
     @property
+    def splits_location(self) -> bool:
+        """Whether the operation's location hands its requests to a named location that calls the
+        upstream: block mode, whose location logs only [crit] (ModSecurity's refusal line holds the
+        request line), so the upstream's errors are logged at the server's level there (docs/waf.md)."""
+        return self.mode == "block"
+
+    @property
     def rejects_oversize(self) -> bool:
         """Whether nginx itself refuses bodies larger than max_body (413), before the WAF."""
         return self.inspect_body and self.oversize == "reject"

@@ -239,19 +239,27 @@ def test_rules_none_runs_only_its_own_rules(gateway):
     assert json.loads(body)["type"] == "https://gwc.dev/problems/waf-filtered"
 
 
-def test_upstream_errors_reach_the_error_log_in_detect_locations_only(gateway):
+def test_upstream_errors_reach_the_error_log_in_every_waf_location(gateway):
     """A detect location logs [notice] and worse (ModSecurity never refuses there and its rule
-    messages are [info]); a block location logs only [crit], so its upstream's connect error is
-    missing there, while the access log still has the upstream's address and status."""
+    messages are [info]). A block location logs only [crit], so that ModSecurity's refusal line
+    (which nginx ends with the request line) is never written, and calls its upstream from a
+    named location at the server's level: its connect error is in the error log too, while a
+    refused attack on the same operation leaves no line and no payload there."""
+    attack = "/deadblock/search?q=abc%27%20or%20%27x%27%3D%27x"
+    status, _, body = raw_request(gateway["port"], _request({"uri": attack}, "block", "dead-attack"))
+    assert status == 403 and json.loads(body)["type"] == "https://gwc.dev/problems/waf-filtered"
+    assert "dead-attack" not in gateway["seen"]
     for mode in ("detect", "block"):
         status, headers, body = raw_request(gateway["port"], _request(
             {"uri": f"/dead{mode}/search?q=dead-{mode}"}, mode, f"dead-{mode}"))
         assert status == 502, body[:200]
-        assert json.loads(body)["status"] == 502
-    errors = _wait_for(gateway["nginx"].error_log, ["dead-detect"])
+        problem = json.loads(body)
+        assert problem["status"] == 502 and problem["request_id"] == headers["x-request-id"]
+    errors = _wait_for(gateway["nginx"].error_log, ["q=dead-detect", "q=dead-block"])
     lines = [line for line in errors.splitlines() if "while connecting to upstream" in line]
     assert any("/deaddetect/search?q=dead-detect" in line for line in lines), errors[-2000:]
-    assert not any("/deadblock/" in line for line in lines), "a block location's error log kept an [error] line"
+    assert any("/deadblock/search?q=dead-block" in line for line in lines), errors[-2000:]
+    assert "or 'x'='x" not in errors and "%27x%27%3D%27x" not in errors and "ModSecurity: " not in errors
     access = _wait_for(gateway["out"] / "logs" / "access.log", ['"/deadblock/search"'])
     entry = [json.loads(l) for l in access.splitlines() if '"/deadblock/search"' in l][-1]
     assert entry["status"] == 502 and entry["upstream_status"] == "502" and entry["upstream_addr"], entry
