@@ -392,14 +392,30 @@ def header_file(base: Path, name: str, headers: Dict[str, str]) -> str:
     return str(path)
 
 
+def blocks(cases: List[EdgeCase]) -> List[List[EdgeCase]]:
+    """Each reference with the cases compared with it, in one block."""
+    out = [[c] for c in cases if c.reference is None]
+    for block in out:
+        block += [c for c in cases if c.reference == block[0].case.key]
+    return out
+
+
 def interleaved(cases: List[EdgeCase], st: run.Settings) -> None:
-    """bench/run.py's interleaved(), with this bench's response checks."""
+    """bench/run.py's interleaved(), with this bench's response checks, and
+    each case run next to its reference: a round runs the blocks (a reference
+    and the cases compared with it) in rotated order, and rotates the cases
+    inside each block, so every case runs first in turn and the two sides of
+    each within-round ratio run seconds apart, not a round apart. The
+    differences sought here (a µs or two) are far below the load swings of
+    a shared machine over a round."""
     for c in cases:
         c.verify()
     for c in cases:
         run.wrk(c.case.server.url(c.case.path), st.warmup_secs, st.connections, c.case.shaping)
+    groups = blocks(cases)
     for r in range(st.rounds):
-        for position, c in enumerate(run.rotated(cases, r)):
+        order = [c for block in run.rotated(groups, r) for c in run.rotated(block, r)]
+        for position, c in enumerate(order):
             sample = {"round": r + 1, "position": position + 1, **c.case.measure(st.secs, st.connections)}
             c.case.samples.append(sample)
             run.log(f"round {r + 1}/{st.rounds} {c.case.label:<58} {sample['cpu_us_per_req']:7.2f} µs/req {sample['rps']:9.0f} req/s")
@@ -555,7 +571,8 @@ def markdown(report: dict) -> str:
         f"- date: {report['date']}; load average before {report['loadavg_before']}, after {report['loadavg_after']}",
         f"- machine: {env['cores']} cores ({env['cpu_model']}), Linux {env['kernel']}",
         f"- nginx {env['nginx']}; {env['wrk']}; gwc {env['gwc']} at {env['git_commit']}",
-        f"- CPU: `wrk -t1 -c{st['connections']} -d{st['secs']}s` (keep-alive), {st['rounds']} interleaved rotated rounds; "
+        f"- CPU: `wrk -t1 -c{st['connections']} -d{st['secs']}s` (keep-alive), {st['rounds']} interleaved rounds, "
+        "each case run in a block with its reference (blocks rotated, and the cases within each block); "
         "gateway CPU = Δ first field of the single worker's `/proc/<pid>/schedstat` ÷ requests completed. "
         "Per round = median over rounds of the within-round ratio or difference (min–max); of medians after it.",
         f"- every nginx runs `worker_processes {report['worker_processes']}`, checked (cache manager and loader processes are "
@@ -595,8 +612,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 rounds of 1 s: a smoke run, noisy")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 2)")
-    p.add_argument("--secs", type=int, help="seconds per wrk run (default 3, quick 1)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 8, quick 2)")
+    p.add_argument("--secs", type=int, help="seconds per wrk run (default 2, quick 1)")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--keep-tmp", action="store_true", help="keep the configs and logs")
     p.add_argument("--without", action="append", default=[], choices=FEATURES,
@@ -604,7 +621,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=str(run.RESULTS))
     args = p.parse_args(argv)
     run.preflight(["edge"])
-    st = run.Settings(rounds=args.rounds or (2 if args.quick else 5), secs=args.secs or (1 if args.quick else 3),
+    st = run.Settings(rounds=args.rounds or (2 if args.quick else 8), secs=args.secs or (1 if args.quick else 2),
                       warmup_secs=1, connections=args.connections, latency_rate=0, latency_secs=0, latency_rounds=0,
                       compile_runs=0, profile=False, keep_tmp=args.keep_tmp)
     report: dict = {
