@@ -484,30 +484,24 @@ class _Builder:
                 )
         return tuple(out)
 
-    def selectors(self, op: dict, item: dict, src: SourceFile) -> Tuple[Tuple[str, str], ...]:
-        out = set()
+    def parameters(self, op: dict, item: dict, src: SourceFile):
+        """The (in, name) of each readable parameter of the path item, then of the operation."""
         for params in (item.get("parameters"), op.get("parameters")):
             for p in params if isinstance(params, list) else ():
                 try:
                     p, _, _ = self.doc.deref(p, src, "")
                 except LoadError:
                     continue  # reported where the parameters are validated
-                if isinstance(p, dict) and p.get("in") in ("header", "query") and isinstance(p.get("name"), str):
-                    out.add((p["in"], p["name"]))
-        return tuple(sorted(out))
+                if isinstance(p, dict) and isinstance(p.get("in"), str) and isinstance(p.get("name"), str):
+                    yield p["in"], p["name"]
+
+    def selectors(self, op: dict, item: dict, src: SourceFile) -> Tuple[Tuple[str, str], ...]:
+        return tuple(sorted({(where, name) for where, name in self.parameters(op, item, src) if where in ("header", "query")}))
 
     def declares(self, op: dict, item: dict, src: SourceFile, where: str, name: str) -> bool:
         """Whether the operation or its path item declares parameter `name` in `where` (header names ignore case)."""
-        for params in (item.get("parameters"), op.get("parameters")):
-            for p in params if isinstance(params, list) else ():
-                try:
-                    p, _, _ = self.doc.deref(p, src, "")
-                except LoadError:
-                    continue
-                if isinstance(p, dict) and p.get("in") == where and isinstance(p.get("name"), str):
-                    if p["name"] == name or (where == "header" and p["name"].lower() == name.lower()):
-                        return True
-        return False
+        return any(w == where and (n == name or (where == "header" and n.lower() == name.lower()))
+                   for w, n in self.parameters(op, item, src))
 
     def _cache_where(self, op: dict, item: dict, src: SourceFile, op_ptr: str):
         """Where cache.<member> is written, innermost level first (for located cache diagnostics)."""
