@@ -29,7 +29,7 @@ import auth_tokens  # noqa: E402
 import harness  # noqa: E402
 from gwc import runtime  # noqa: E402
 from support import certs  # noqa: E402
-from support.processes import Nginx, echo_backend, free_port  # noqa: E402
+from support.processes import Nginx, closed_port, echo_backend, free_port  # noqa: E402
 
 ASYMMETRIC = ["rsa", "ec256", "ec384", "ec521", "ed25519"]
 
@@ -260,7 +260,7 @@ def gateways(auth_work, keyring, backend, jwks, authz, pki):
     old = os.environ.get(auth_tokens.HMAC_ENV)
     os.environ[auth_tokens.HMAC_ENV] = auth_tokens.HMAC_SECRET  # nginx inherits it; `env` in nginx.conf passes it on
     ctx = {"work": auth_work, "keyring": keyring, "backend": backend, "jwks": jwks, "authz": authz, "pki": pki,
-           "closed_port": free_port(), "target": rt.target}
+           "closed_port": closed_port(), "target": rt.target}
     pool = AuthPool(ctx)
     yield pool
     problems = pool.close()

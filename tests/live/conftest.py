@@ -16,7 +16,7 @@ import pytest
 
 import harness
 from gwc import runtime
-from support.processes import Nginx, echo_backend, free_port
+from support.processes import Nginx, closed_port, echo_backend, free_port
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +51,7 @@ def gateways(backends, work_dir):
     rt, tried = runtime.detect(allow_docker=False)
     if rt is None:
         pytest.skip("no nginx with the Lua module: " + "; ".join(tried))
-    # free_port() for __CLOSED_PORT__: a port nothing listens on, for the 502 case.
-    pool = harness.GatewayPool(work_dir, backends, free_port(), rt.target, _NativeRunner, free_port)
+    pool = harness.GatewayPool(work_dir, backends, closed_port(), rt.target, _NativeRunner, free_port)
     yield pool
     problems = pool.close()
     if problems:

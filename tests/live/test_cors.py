@@ -43,7 +43,7 @@ import yaml
 
 import harness
 from gwc import runtime
-from support.processes import Nginx, _EchoHandler, free_port, parse_response
+from support.processes import Nginx, _EchoHandler, closed_port, free_port, parse_response
 
 pytestmark = pytest.mark.live
 
@@ -132,7 +132,7 @@ def cors_gateways(work_dir):
     if rt is None:
         pytest.skip("no nginx with the Lua module: " + "; ".join(tried))
     backend = _backend()
-    placeholders = {"__BACKEND_A__": str(backend.server_address[1]), "__CLOSED_PORT__": str(free_port()), "__JWKS__": _jwks()}
+    placeholders = {"__BACKEND_A__": str(backend.server_address[1]), "__CLOSED_PORT__": str(closed_port()), "__JWKS__": _jwks()}
     gateways: Dict[str, harness.Gateway] = {}
     runners = []
     try:

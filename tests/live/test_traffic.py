@@ -77,7 +77,7 @@ import yaml
 
 import harness
 from gwc import runtime
-from support.processes import Nginx, _EchoHandler, free_port, log_since, log_size, parse_response
+from support.processes import Nginx, _EchoHandler, closed_port, free_port, log_since, log_size, parse_response
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "auth"))
 import auth_runner  # noqa: E402  (gwc keys through the real command line)
@@ -289,7 +289,7 @@ class Pool(harness.GatewayPool):
                                        stdin=BASIC_PASSWORD + "\n")
             assert proc.returncode == 0, proc.stderr + proc.stdout
         port = free_port()
-        placeholders = {**VARIANTS[variant], "__BACKEND__": str(self.backend.port), "__CLOSED_PORT__": str(free_port()),
+        placeholders = {**VARIANTS[variant], "__BACKEND__": str(self.backend.port), "__CLOSED_PORT__": str(closed_port()),
                         "__JWKS_INLINE__": json.dumps(self.keyring.jwks(["rsa"]))}
         spec = render(SPEC_TEMPLATE, placeholders, d / "api.yaml")
         out = d / "out"

@@ -16,7 +16,7 @@ import pytest
 
 import harness
 from gwc import runtime
-from support.processes import Nginx, free_port, raw_request
+from support.processes import Nginx, closed_port, free_port, raw_request
 
 pytestmark = pytest.mark.live
 
@@ -26,7 +26,7 @@ def test_gateway_errors_do_not_depend_on_worker_file_access(backends):
         pytest.skip("nginx workers only change user when nginx starts as root")
     rt, _ = runtime.detect(allow_docker=False)
     with tempfile.TemporaryDirectory(prefix="gwc-private-") as private:  # mode 0700
-        placeholders = {"__BACKEND_A__": str(backends["A"]), "__BACKEND_B__": str(backends["B"]), "__CLOSED_PORT__": str(free_port())}
+        placeholders = {"__BACKEND_A__": str(backends["A"]), "__BACKEND_B__": str(backends["B"]), "__CLOSED_PORT__": str(closed_port())}
         spec = harness.render_spec("routing", placeholders, Path(private) / "spec")
         out = Path(private) / "out"
         port = free_port()

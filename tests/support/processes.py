@@ -25,6 +25,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+# Sockets that keep closed_port()'s ports taken until the test process exits.
+_HELD_CLOSED: List[socket.socket] = []
+
+
+def closed_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for as long as the test process lives.
+
+    A port from free_port() is free again at once: a later test's server may
+    bind it, and a gateway whose timer keeps dialling its "dead" upstream then
+    reaches that server (and logs its reset). A bound, never-listening socket
+    (without SO_REUSEADDR) refuses every connect and keeps the port from
+    being handed out again."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((host, 0))
+    _HELD_CLOSED.append(s)
+    return s.getsockname()[1]
+
+
 def wait_for_port(port: int, host: str = "127.0.0.1", deadline_s: float = 10.0, alive=None) -> None:
     """Waits for a listener; `alive` (a callable) ends the wait early once the server process has died."""
     end = time.monotonic() + deadline_s

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from support.certs import make_ca, make_server_cert
-from support.processes import Nginx, dropping_backend, echo_backend, free_port, raw_request
+from support.processes import Nginx, closed_port, dropping_backend, echo_backend, free_port, raw_request
 
 pytestmark = pytest.mark.live
 
@@ -35,10 +35,6 @@ def call(port, method="GET", path="/r", headers=""):
     req = f"{method} {path} HTTP/1.1\r\nHost: client.example\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     status, resp_headers, body = raw_request(port, req.encode())
     return status, resp_headers, (json.loads(body) if body and resp_headers.get("content-type", "").startswith("application/json") else body)
-
-
-def closed_port():
-    return free_port()
 
 
 @pytest.mark.parametrize(
