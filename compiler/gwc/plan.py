@@ -126,8 +126,11 @@ class Plan:
     def route_data(self) -> dict:
         """JSON-ready dispatch data consumed by lua/gwc/router.lua."""
         ops = []
+        cached = {loc.ident for loc in self.locations if loc.cache}
         for op, loc in zip(self.gateway.operations, self.operation_locations):
             entry = {"id": op.operation_id, "loc": loc}
+            if loc in cached:
+                entry["cache"] = True  # the router sets $gw_cache_gen, the key's generation part
             if op.needs_validation and op.template.params:
                 entry["keep_path"] = True  # validation re-reads the path parameters
             if op.rewrite is not None:

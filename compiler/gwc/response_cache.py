@@ -37,6 +37,11 @@ GENERATION_DICT = "gwc_cache_gen"  # lua_shared_dict of the invalidation generat
 CACHED_STATUSES = (200, 203, 204, 301, 308)
 STALE_ON = ("error", "timeout", "http_500", "http_502", "http_503", "http_504")
 SEPARATOR = "|"
+# A hit opens its cache file again: each worker keeps up to this many
+# descriptors open (nginx checks a cached descriptor against the entry it
+# reads, so a replaced entry is reopened), closed after OPEN_FILES_INACTIVE_S unused.
+OPEN_FILES = 1000
+OPEN_FILES_INACTIVE_S = 60
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -120,6 +125,8 @@ class Cache:
     refresh: str  # "" nobody, "any", "consumer" (a request with a consumer)
     stale_if_error_s: int  # 0: off
     zone: str = ZONE_NAME
+    open_files: int = OPEN_FILES
+    open_files_inactive_s: int = OPEN_FILES_INACTIVE_S
 
     # --- the key and its guards, as nginx complex values ----------------------------
     @property

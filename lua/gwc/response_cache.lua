@@ -37,16 +37,17 @@ local function global_generation(dict)
     return dict:get(GLOBAL)
 end
 
--- set_by_lua in each cached location: the generation part of the key.
--- Never throws; with no dict or no memory, a key no entry has (a miss that
--- stores nothing anyone reads again) instead of an old generation.
-function _M.generation()
+-- The generation part of a cached operation's key, read by the router (so a
+-- hit pays no Lua handler of its own). Never throws; with no dict or no
+-- memory, a key no entry has (a miss that stores nothing anyone reads again)
+-- instead of an old generation.
+function _M.generation(op_id)
     local dict = shared[DICT]
     local g = dict and global_generation(dict)
     if not g then
         return "x" .. clock_ms() .. "." .. tostring(var.request_id)
     end
-    local o = dict:get("o:" .. var.gw_op)
+    local o = dict:get("o:" .. op_id)
     return g .. "." .. (o or 0)
 end
 

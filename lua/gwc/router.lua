@@ -21,6 +21,7 @@ local gsub = string.gsub
 local lower = string.lower
 local tohex = require("bit").tohex
 local json_encode = require("cjson.safe").encode
+local cache_generation = require("gwc.response_cache").generation
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -394,6 +395,9 @@ function _M.route()
 
     local op = ops[index]
     var.gw_op = op.id
+    if op.cache then
+        var.gw_cache_gen = cache_generation(op.id)
+    end
     local cors = op.cors
     if cors then
         -- Set here, before the location's WAF and IP checks: their refusals carry it too.

@@ -35,6 +35,7 @@ ALLOWED = {
     # the response cache (docs/cache.md)
     "proxy_cache_path", "proxy_cache", "proxy_cache_key", "proxy_cache_methods", "proxy_cache_valid",
     "proxy_ignore_headers", "proxy_no_cache", "proxy_cache_bypass", "proxy_cache_lock", "proxy_cache_use_stale",
+    "open_file_cache",
     # compression (docs/compression.md)
     "gzip", "gzip_types", "gzip_min_length", "gzip_comp_level", "gzip_proxied", "gzip_vary",
     "brotli", "brotli_types", "brotli_min_length", "brotli_comp_level",
