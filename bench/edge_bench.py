@@ -238,30 +238,21 @@ class Gwc:
     conf: str
 
 
-def uniform_cors_spec(backend_port: int) -> dict:
-    """CORS_POLICY on every operation (the root's): preflights are answered before routing (docs/cors.md)."""
-    spec = specs._root(backend_port, "bench edge, one CORS policy")
-    spec["x-gateway"]["validate"] = {"parameters": False, "body": False}
-    spec["x-gateway"]["cors"] = CORS_POLICY
-    spec["paths"]["/cors/{id}"] = {"parameters": [specs._param("id")], "get": {"operationId": "cors", "responses": specs._ok()}}
-    return spec
-
-
-def start_gwc(stack: contextlib.ExitStack, base: Path, spec: dict, name: str = "edge") -> Gwc:
+def start_gwc(stack: contextlib.ExitStack, base: Path, spec: dict) -> Gwc:
     """The spec built twice: as generated, and with its access_log switched off
     in the bench's copy (the measured one)."""
-    spec_path = base / f"{name}.yaml"
+    spec_path = base / "edge.yaml"
     spec_path.write_text(specs.dump(spec))
     port, port_off = free_port(), free_port()
-    out, out_off = base / f"gwc-{name}", base / f"gwc-{name}-log-off"
+    out, out_off = base / "gwc-edge", base / "gwc-edge-log-off"
     run.gwc_build(spec_path, out, port)
     run.gwc_build(spec_path, out_off, port_off)
     for d in (out, out_off):
         if f"\nworker_processes {run.WORKER_PROCESSES};\n" not in (d / "nginx.conf").read_text():
             raise RuntimeError(f"{d}/nginx.conf does not set worker_processes {run.WORKER_PROCESSES}")
     run.switch_access_log_off(out_off)
-    logged = start_server(stack, f"gwc {name}", out, port)
-    log_off = start_server(stack, f"gwc {name}, {run.LOG_OFF_LABEL}", out_off, port_off)
+    logged = start_server(stack, "gwc edge", out, port)
+    log_off = start_server(stack, f"gwc edge, {run.LOG_OFF_LABEL}", out_off, port_off)
     return Gwc(logged, log_off, out, (out / "nginx.conf").read_text())
 
 
@@ -432,8 +423,7 @@ def interleaved(cases: List[EdgeCase], st: run.Settings) -> None:
         c.verify()
 
 
-def build_cases(base: Path, bare: run.Server, hand: run.Server, gw: Optional[Gwc], features: Dict[str, str], brotli: bool,
-                uniform: Optional[Gwc] = None) -> List[EdgeCase]:
+def build_cases(base: Path, bare: run.Server, hand: run.Server, gw: Optional[Gwc], features: Dict[str, str], brotli: bool) -> List[EdgeCase]:
     origin_h = {"Origin": ORIGIN}
     wild_h = {"Origin": WILDCARD_ORIGIN}
     preflight_h = {"Origin": ORIGIN, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "x-trace"}
@@ -487,13 +477,9 @@ def build_cases(base: Path, bare: run.Server, hand: run.Server, gw: Optional[Gwc
                  "gwc_plain_origin", ("origin", origin_h)),
             case("gwc_cors_wild", "gwc CORS, actual request, wildcard-subdomain origin", gw.log_off, "/cors/1k",
                  check_cors(WILDCARD_ORIGIN), "cors", "gwc_plain_origin", ("wildcard", wild_h)),
-            case("gwc_preflight", "gwc preflight, a policy per path (answered through the router)", gw.log_off, "/cors/1k",
-                 check_preflight(ORIGIN), "cors", "bare_204", ("preflight", preflight_h), "OPTIONS", 204),
+            case("gwc_preflight", "gwc preflight answered at the gateway", gw.log_off, "/cors/1k", check_preflight(ORIGIN), "cors",
+                 "bare_204", ("preflight", preflight_h), "OPTIONS", 204),
         ]
-        if uniform is not None:
-            cases.append(case("gwc_preflight_uniform", "gwc preflight, one policy on every path (answered before routing)",
-                              uniform.log_off, "/cors/1k", check_preflight(ORIGIN), "cors", "bare_204", ("preflight", preflight_h),
-                              "OPTIONS", 204))
     cases += [
         case("bare_10k", "bare proxy_pass, 10 KB, Accept-Encoding: gzip", bare, "/plain/10k", check_plain(BODY_10K), "compression",
              headers=("gzip", gzip_h)),
@@ -562,12 +548,11 @@ def targets(cs: Dict[str, dict]) -> List[str]:
             rows.append(f"| CORS on an actual request ≤ +1 µs ({what}) | {_pr(c['added_us_vs_reference_paired'], 2, True)} µs | "
                         f"{c['added_us_vs_reference']:+.2f} µs | {_pr(h['added_us_vs_reference_paired'], 2, True)} µs vs bare | "
                         f"{verdict(c['added_us_vs_reference_paired']['median'] <= 1.0)} |")
-    for key, what in (("gwc_preflight_uniform", "one policy on every path"), ("gwc_preflight", "a policy per path")):
-        if key in cs:
-            c, h = cs[key], cs["hand_preflight"]
-            rows.append(f"| preflight ≤ bare `return 204` + 2 µs ({what}) | {_pr(c['added_us_vs_reference_paired'], 2, True)} µs | "
-                        f"{c['added_us_vs_reference']:+.2f} µs | {_pr(h['added_us_vs_reference_paired'], 2, True)} µs | "
-                        f"{verdict(c['added_us_vs_reference_paired']['median'] <= 2.0)} |")
+    if "gwc_preflight" in cs:
+        c, h = cs["gwc_preflight"], cs["hand_preflight"]
+        rows.append(f"| preflight ≤ bare `return 204` + 2 µs | {_pr(c['added_us_vs_reference_paired'], 2, True)} µs | "
+                    f"{c['added_us_vs_reference']:+.2f} µs | {_pr(h['added_us_vs_reference_paired'], 2, True)} µs | "
+                    f"{verdict(c['added_us_vs_reference_paired']['median'] <= 2.0)} |")
     for key, hand, what in (("gwc_gzip", "hand_gzip", "gzip"), ("gwc_br", "hand_br", "brotli")):
         if key in cs:
             c, h = cs[key], cs[hand]
@@ -662,7 +647,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 run.log(f"{f}: {'measured' if not why else 'not measured: ' + why}")
             spec = edge_spec(backend.port, tuple(f for f in FEATURES if not features[f]))
             gw = start_gwc(stack, base, spec)
-            uniform = start_gwc(stack, base, uniform_cors_spec(backend.port), "edge-uniform") if not features["cors"] else None
             comp = compression_settings(gw.conf if not features["compression"] else None)
             report["compression"] = {k: v for k, v in comp.items() if k != "load_modules"}
             hand = start_handwritten(stack, base, backend.port, comp)
@@ -670,9 +654,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 ("/cached/1k", "cached", "cache"), ("/refresh/1k", "refresh", "cache"), ("/cors/1k", "cors", "cors"),
                 ("/gzip/10k", "gzip", "compression")) if not features[f]]
             run.verify_operations(gw.logged, ops)
-            if uniform is not None:
-                run.verify_operations(uniform.logged, [("/cors/1k", "cors", 200)])
-            cases = build_cases(base, bare, hand, gw, features, brotli=comp["brotli_level"] is not None, uniform=uniform)
+            cases = build_cases(base, bare, hand, gw, features, brotli=comp["brotli_level"] is not None)
             interleaved(cases, st)
     finally:
         if args.keep_tmp:

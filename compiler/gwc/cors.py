@@ -215,26 +215,6 @@ class CorsPlan:
         """Whether some path answers preflights (then gw:pf0 refuses the methods its policy does not allow)."""
         return any(r is not None for r in self.route_preflight)
 
-    @property
-    def uniform_preflight(self) -> Tuple[Tuple[str, str], ...]:
-        """(requested method regex, pf location) pairs when every path answers a preflight alike, else ().
-
-        Then location / answers preflights through maps, without the router: a
-        path the router would not find gets the same answer (as AWS HTTP APIs
-        answer every path's preflight once CORS is configured API-wide), and a
-        request the maps do not take (a method no entry names, an empty header)
-        still goes to the router, which answers it exactly."""
-        if not self.route_preflight or any(r is None for r in self.route_preflight):
-            return ()
-        first = self.route_preflight[0]
-        if any(r != first for r in self.route_preflight[1:]) or all(v == "pf0" for v in first.values()):
-            return ()
-        return tuple((check_regex(f"^{m}$"), first[m]) for m in METHOD_ORDER if m in first)
-
-    @property
-    def uniform_preflight_locations(self) -> Tuple[str, ...]:
-        return tuple(sorted({pf for _, pf in self.uniform_preflight} | {"pf0"}))
-
     def location(self, op_index: int) -> Optional[CorsLocation]:
         index = self.op_index[op_index]
         return CorsLocation(index) if index else None
@@ -512,34 +492,6 @@ def implied_headers(ops, gateway) -> Tuple[str, ...]:
     return ("Content-Type",) + tuple(sorted((n for n in names if n.lower() != "content-type"), key=str.lower))
 
 
-def _declared(routes) -> Tuple[str, ...]:
-    """The methods some path declares (HEAD with GET), OPTIONS aside: a preflight never asks for it."""
-    methods = {m for r in routes for m, _ in r.methods} | {m for r in routes for m, _, _ in r.selected}
-    return tuple(m for m in METHOD_ORDER if m != "OPTIONS" and (m in methods or (m == "HEAD" and "GET" in methods)))
-
-
-def _uniform_preflight(gateway, routes, op_index, ip_variable) -> Optional[Preflight]:
-    """The one preflight answer of an API whose every operation has the same CORS and IP policy, else None.
-
-    Then every path answers alike, with the methods of the whole API (as AWS HTTP
-    APIs answer with the configured methods on every path): a browser may then
-    send a method a path lacks and read its 405 problem, which carries CORS too.
-    location / answers these preflights through maps, without the router."""
-    ops = gateway.operations
-    if not routes or not ops or ops[0].cors is None:
-        return None
-    first = ops[0]
-    if any(op.cors != first.cors or ip_variable(op) != ip_variable(first) for op in ops[1:]):
-        return None
-    declared = _declared(routes)
-    cors = first.cors
-    allowed = declared if cors.methods is None else tuple(m for m in cors.methods if m in declared)
-    if not allowed:
-        return None
-    headers = cors.headers if cors.headers is not None else implied_headers(ops, gateway)
-    return Preflight("pf1", op_index[0], allowed, headers, cors.max_age, cors.private_network, ip_variable(first))
-
-
 def plan_cors(gateway, routes, ip_variable: Callable[[Any], Optional[str]], diags: List[Diagnostic]) -> Optional[CorsPlan]:
     """The numbered policies and the preflight answers; None when nothing uses CORS.
 
@@ -559,11 +511,6 @@ def plan_cors(gateway, routes, ip_variable: Callable[[Any], Optional[str]], diag
 
     root_index = index_of(root.response) if root is not None else 0
     op_index = tuple(index_of(op.cors.response) if op.cors is not None else 0 for op in ops)
-    uniform = _uniform_preflight(gateway, routes, op_index, ip_variable)
-    if uniform is not None:
-        answers = {m: (uniform.ident if m in uniform.methods else "pf0") for m in _declared(routes)}
-        return CorsPlan(tuple(policies), root_index, op_index, (uniform,),
-                        tuple(dict(answers) for _ in routes), tuple(op_index[0] for _ in routes))
     preflights: Dict[tuple, Preflight] = {}
     route_preflight: List[Optional[Dict[str, str]]] = []
     route_index: List[int] = []

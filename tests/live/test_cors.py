@@ -49,8 +49,7 @@ pytestmark = pytest.mark.live
 
 LIVE_DIR = Path(__file__).resolve().parent
 CASES_DIR = LIVE_DIR / "cases" / "cors"
-SPECS = {"cors": LIVE_DIR / "specs" / "cors.yaml", "cors_aws": LIVE_DIR / "specs" / "cors_aws.yaml",
-         "cors_uniform": LIVE_DIR / "specs" / "cors_uniform.yaml"}
+SPECS = {"cors": LIVE_DIR / "specs" / "cors.yaml", "cors_aws": LIVE_DIR / "specs" / "cors_aws.yaml"}
 CORS_FIELDS = {
     "allow_origin": "access-control-allow-origin",
     "allow_credentials": "access-control-allow-credentials",

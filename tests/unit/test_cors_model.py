@@ -240,32 +240,17 @@ def test_implied_headers_name_the_credentials(tmp_path):
     assert pf.headers == ("Content-Type", "Authorization", "X-Session", "X-Trace")
 
 
-def test_one_policy_everywhere_answers_every_path_alike(tmp_path):
+def test_root_methods_cap_every_path(tmp_path):
     paths = PETS + textwrap.dedent("""\
         /only-get:
           get: {operationId: onlyGet, responses: {"200": {description: ok}}}
-        """)
-    _, the_plan, _ = built(tmp_path, 'cors: {origins: ["https://a.test"], methods: [GET, PUT, PATCH]}', paths)
-    by_path = {r["path"]: r["preflight"] for r in the_plan.route_data()["routes"]}
-    pf = {p.ident: p for p in the_plan.cors.preflights}
-    # The API's methods on every path (PATCH is declared nowhere: left out), as AWS HTTP APIs answer.
-    assert pf[by_path["/pets/{id}"]["GET"]].methods == ("GET", "PUT")
-    assert by_path["/only-get"] == by_path["/pets/{id}"]
-    assert by_path["/only-get"]["HEAD"] == "pf0"  # HEAD was not in the list
-    assert the_plan.cors.uniform_preflight == (("^GET$", "pf1"), ("^HEAD$", "pf0"), ("^PUT$", "pf1"))
-
-
-def test_policies_that_differ_by_operation_answer_per_path(tmp_path):
-    paths = PETS + textwrap.dedent("""\
-        /only-get:
-          get: {operationId: onlyGet, x-gateway: {cors: {max_age: 5}}, responses: {"200": {description: ok}}}
         """)
     _, the_plan, _ = built(tmp_path, 'cors: {origins: ["https://a.test"], methods: [GET, PUT]}', paths)
     by_path = {r["path"]: r["preflight"] for r in the_plan.route_data()["routes"]}
     pf = {p.ident: p for p in the_plan.cors.preflights}
     assert pf[by_path["/pets/{id}"]["GET"]].methods == ("GET", "PUT")
-    assert pf[by_path["/only-get"]["GET"]].methods == ("GET",)  # PUT is not declared there: capped
-    assert the_plan.cors.uniform_preflight == ()
+    assert pf[by_path["/only-get"]["GET"]].methods == ("GET",)  # PUT is not declared there: no error, capped
+    assert by_path["/only-get"]["HEAD"] == "pf0"  # HEAD was not in the list
 
 
 def test_aws_dialect_maps_to_the_same_model(tmp_path):
