@@ -22,6 +22,7 @@ CASES: Dict[str, Path] = {
     "traffic": GOLDEN_DIR / "traffic" / "api.yaml",
     "traffic-native": GOLDEN_DIR / "traffic-native" / "api.yaml",
     "waf": GOLDEN_DIR / "waf" / "api.yaml",
+    "edge": GOLDEN_DIR / "edge" / "api.yaml",
 }
 
 

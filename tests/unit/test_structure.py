@@ -1,5 +1,6 @@
 """Structural checks of the generated configuration through crossplane's parse tree."""
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -67,10 +68,20 @@ def test_only_known_directives(name):
     unknown = {d["directive"] for d, parents in walk(tree) if not (parents and parents[-1]["directive"] in ("map", "geo"))} - ALLOWED
     assert not unknown
     maps = {tuple(m["args"]): [(e["directive"], e["args"]) for e in m["block"]] for m in find(tree, "map")}
-    assert maps == {
+    base = {
         ("$gw_rid", "$gw_request_id"): [("", ["$request_id"]), ("default", ["$gw_rid"])],
         ("$request_uri", "$gw_log_path"): [("~^(?<path>[^?]*)", ["$path"])],
     }
+    assert {k: maps.get(k) for k in base} == base
+    # The capabilities' maps (cache, CORS, compression) set gwc's own variables, to
+    # flags, header values gwc wrote, or the request's own Origin.
+    for (source, variable), entries in maps.items():
+        if (source, variable) in base:
+            continue
+        assert variable.startswith("$gw_"), (source, variable)
+        for _, values in entries:
+            assert len(values) == 1 and (values[0] == "$http_origin" or re.fullmatch(r"[A-Za-z0-9 ,._:*/-]*", values[0])), \
+                (variable, values)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
