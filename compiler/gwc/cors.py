@@ -358,6 +358,8 @@ class CorsBuilder:
 
         merged: Any = None
         for value, _, _ in levels:
+            if value is True and isinstance(merged, dict):
+                continue  # `cors: true` turns the outer policy on as it is (as `compression: true` does)
             if value is not None:
                 merged = value if merged is None else deep_merge(merged, value)
         if merged is None or merged is False:

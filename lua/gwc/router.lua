@@ -360,9 +360,13 @@ function _M.route()
     -- gw:pfN of the policy of the operation it asks about (pf0: refused).
     local preflight = route.preflight
     if preflight and method == "OPTIONS" then
+        -- An empty header is no header: such an OPTIONS is routed like any other.
         local requested = var.http_access_control_request_method
-        if requested and var.http_origin then
-            return preflight[requested] or "pf0"
+        if requested and requested ~= "" then
+            local origin = var.http_origin
+            if origin and origin ~= "" then
+                return preflight[requested] or "pf0"
+            end
         end
     end
     local methods = route.methods

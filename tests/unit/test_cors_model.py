@@ -211,6 +211,14 @@ def test_inner_levels_override_and_maps_deep_merge(tmp_path):
         {"getPet": 1, "putPet": 1, "getOff": 0, "getOn": 2}[op.operation_id] for op in gateway.operations]
 
 
+def test_cors_true_inside_keeps_the_outer_policy(tmp_path):
+    paths = PETS.replace("  get: {operationId: getPet,", "  get: {operationId: getPet, x-gateway: {cors: true},")
+    gateway, the_plan, _ = built(tmp_path, 'cors: {origins: ["https://a.test"], credentials: true, max_age: 90}', paths)
+    ops = {op.operation_id: op for op in gateway.operations}
+    assert ops["getPet"].cors == ops["putPet"].cors  # the root's policy, unchanged
+    assert (ops["getPet"].cors.response.origins, ops["getPet"].cors.max_age) == (("https://a.test",), 90)
+
+
 def test_preflight_answers_per_path(tmp_path):
     paths = PETS + '  delete: {operationId: deletePet, x-gateway: {cors: false}, responses: {"200": {description: ok}}}\n'
     paths = paths.replace("  put: {operationId: putPet,", "  put: {operationId: putPet, x-gateway: {cors: {methods: [GET, PUT, DELETE], max_age: 60}},")
