@@ -64,6 +64,7 @@ CODES = {
     "GW095": "invalid WAF setting (exclusion rule id, range or target; rules file)",
     "GW096": "WAF max_body beyond the operation's body limit",
     "GW097": "the WAF's ModSecurity module or the OWASP CRS is not installed in the runtime",
+    "GW098": "a WAF rules file names a CRS rule gwc replaces by its own rules (warning): name those too",
     "GW100": "invalid CORS origin (not scheme://host[:port], a path, a misplaced wildcard)",
     "GW101": "CORS `*` (origin, headers or expose) combined with credentials",
     "GW102": "CORS origin `null` listed",

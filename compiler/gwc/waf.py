@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from .diagnostics import Diagnostic
+from .diagnostics import WARNING, Diagnostic
 from .load import SourceFile
 from .schema_defaults import with_defaults
 
@@ -134,6 +134,13 @@ CRS_MULTIMATCH_RULES: Tuple[MultiMatchRule, ...] = (
         OWN_RULE_BASE + 1030),
 )
 MULTIMATCH_BY_ID = {rule.id: rule for rule in CRS_MULTIMATCH_RULES}
+_MULTIMATCH_ID = re.compile(r"(?<![0-9])(" + "|".join(str(r.id) for r in CRS_MULTIMATCH_RULES) + r")(?![0-9])")
+
+
+def _replaced_rules_named(text: str) -> Tuple["MultiMatchRule", ...]:
+    """The multiMatch rules gwc replaces that a user's rules text names by id (in any directive or action)."""
+    named = {int(m.group(1)) for m in _MULTIMATCH_ID.finditer(text)}
+    return tuple(r for r in CRS_MULTIMATCH_RULES if r.id in named)
 
 # The CRS's default tx.allowed_request_content_type (crs-setup.conf.example, 3.3).
 CRS_CONTENT_TYPES = (
@@ -340,6 +347,16 @@ def build(raw: Any, src: SourceFile, ptr: str, diags: List[Diagnostic], method: 
         if "\x00" in text:
             error("GW095", f"rules file {name!r} contains a NUL byte", where)
             continue
+        for rule in _replaced_rules_named(text):
+            first, last = rule.stage_ids
+            line, col = src.position(where)
+            warning = Diagnostic(
+                "GW098", f"rules file {name!r} names CRS rule {rule.id}, which gwc runs as its own rules "
+                f"{first}-{last} (docs/waf.md, \"What gwc generates\"): a removal or update of {rule.id} alone "
+                f"leaves them running; name {first}-{last} too (or use `exclusions`, which does)",
+                src.display, line, col, where, severity=WARNING)
+            if warning not in diags:
+                diags.append(warning)
         rules_files.append((name, text))
     if not ok:
         return False, None

@@ -257,6 +257,20 @@ def test_rules_files_come_verbatim_after_the_operation_s_rules_and_before_the_cr
     assert lines.index("SecAuditLogFormat Native") < start
 
 
+def test_a_rules_file_naming_a_replaced_crs_rule_is_warned_once_with_the_ids_to_name(tmp_path):
+    extra = 'SecRule REQUEST_FILENAME "@beginsWith /search" "id:10002,phase:1,pass,nolog,ctl:ruleRemoveById=930110"\n'
+    result = ok(tmp_path, "waf: {rules_files: [rules/extra.conf]}", files={"rules/extra.conf": extra})
+    warnings = [d for d in result.diagnostics if d.code == "GW098"]
+    assert len(warnings) == 1, [str(d) for d in warnings]  # one file, several operations: one warning
+    (w,) = warnings
+    assert not w.is_error and w.pointer == "/x-gateway/waf/rules_files/0" and w.line > 0
+    assert "930110" in w.message and "9991000-9991004" in w.message
+    # Ids that only contain a replaced id's digits are not that id.
+    extra = 'SecRule ARGS "@rx x" "id:19301100,phase:1,pass,nolog"\n'
+    result = ok(tmp_path, "waf: {rules_files: [rules/extra.conf]}", files={"rules/extra.conf": extra})
+    assert not [d for d in result.diagnostics if d.code == "GW098"]
+
+
 # --- nginx directives --------------------------------------------------------------------------
 
 def test_directives_are_allowed_and_only_in_waf_locations(tmp_path):
